@@ -1,0 +1,5 @@
+"""Shared pytest set-up: make the flat top-level modules importable from tests/."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
