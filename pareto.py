@@ -299,7 +299,190 @@ def weight_grid(m, num=11, seed=0):
 
 
 # ---- plotting and command line ----
+#
+#   python pareto.py RUN_DIR_OR_CHECKPOINT [...] [--out front.png] [--objectives I,II] [--all-pairs]
+#                    [--scales 0.5,1,2] [--betas "0.9,0.9;1.1,0.9"] [--labels a,b]
+#
+# A run folder is read from its results.json (train_ltr.py or train_llm.py); a model.pt of train_ltr.py
+# (or --scales / --betas, which need new evaluations) is evaluated on its test split. The plotted numbers
+# are also written as CSV next to the figure.
+
+def load_fronts(path, scales=None, betas=None):
+    """The fronts of one run: a list of dicts {label, weights, aux, main, hv, maximize, objectives, hv_ref}.
+
+    path: a run folder with results.json, or a train_ltr.py model.pt (evaluated on its test split).
+    scales: temperature scales c (Eq. 14) and betas: T-COS temperatures (Eq. 15), each one front.
+    """
+    import json
+    import os
+
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    results_path = os.path.join(folder, "results.json")
+    if not scales and not betas and os.path.isdir(path) and os.path.exists(results_path):
+        with open(results_path) as f:
+            res = json.load(f)
+        maximize = "aux_ndcg" in res
+        if not maximize and "aux_error" not in res:
+            raise ValueError(f"{results_path} has neither aux_ndcg (ranking) nor aux_error (LLM)")
+        return [dict(label=res["method"], weights=res["weights"], aux=res["aux_ndcg" if maximize else "aux_error"],
+                     main=res.get("main_ndcg", res.get("logp_dev_iqr")), hv=res.get("hypervolume"),
+                     maximize=maximize, objectives=res["objectives"],
+                     hv_ref=res.get("hv_ref", [0.0] * len(res["objectives"])),
+                     main_name="main NDCG@10" if maximize else "IQR of log p - log p0")]
+    ckpt = path if path.endswith(".pt") else os.path.join(path, "model.pt")
+    import train_ltr  # lazy: the metrics above must not depend on the training code
+
+    trained = train_ltr.TrainedRanker.load(ckpt)
+    cfg = trained.ckpt["run_config"]
+    splits, stats = train_ltr.data_lib.load_ltr(cfg["data_dir"], cfg["fold"], trained.objectives)
+    if stats["fingerprint"] != trained.ckpt["data_fingerprint"]:
+        raise ValueError(f"{ckpt} was trained on other data than {cfg['data_dir']}")
+    m = len(trained.objectives)
+    settings = [dict(c=c, label=f"{trained.method} c={c:g}") for c in (scales or [])]
+    settings += [dict(beta=b, label=f"{trained.method} beta={tuple(b)}") for b in (betas or [])]
+    fronts = []
+    for s in settings or [dict(label=trained.method)]:
+        res = train_ltr.evaluate(trained, splits["test"], trained.ckpt["weights"], c=s.get("c"), beta=s.get("beta"),
+                                 idcg_zero=cfg["idcg_zero"])
+        fronts.append(dict(label=s["label"], weights=trained.ckpt["weights"], aux=res["aux_ndcg"],
+                           main=res["main_ndcg"], hv=res["hypervolume"], maximize=True,
+                           objectives=trained.objectives, hv_ref=[0.0] * m, main_name="main NDCG@10"))
+    return fronts
+
+
+def plot_fronts(fronts, pairs, out_path):
+    """Scatter each front on each pair of objectives, main objective as colour, non-dominated points joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = fronts[0]["objectives"]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5.2 * len(pairs), 4.4), squeeze=False)
+    mains = np.concatenate([np.asarray(f["main"], float) for f in fronts if f["main"] is not None] or [np.zeros(1)])
+    norm = matplotlib.colors.Normalize(vmin=mains.min(), vmax=max(mains.max(), mains.min() + 1e-9))
+    markers = "os^DvP*Xh<>"
+    for ax, (a, b) in zip(axes[0], pairs):
+        for i, f in enumerate(fronts):
+            pts = np.asarray(f["aux"], float)[:, [a, b]]
+            keep = non_dominated(pts, maximize=f["maximize"])
+            order = np.argsort(pts[keep, 0])
+            line, = ax.plot(pts[keep][order, 0], pts[keep][order, 1], "-", lw=1, alpha=0.7)
+            hv = "n/a" if f["hv"] is None else f"{f['hv']:.4g}"
+            colour = None if f["main"] is None else np.asarray(f["main"], float)
+            ax.scatter(pts[:, 0], pts[:, 1], c=colour if colour is not None else line.get_color(), cmap="viridis",
+                       norm=norm, marker=markers[i % len(markers)], edgecolors=line.get_color(), linewidths=1.2,
+                       s=46, label=f"{f['label']} (HV {hv})", zorder=3)
+        arrow = "higher is better" if fronts[0]["maximize"] else "lower is better"
+        metric = "NDCG@10" if fronts[0]["maximize"] else "error"
+        ax.set_xlabel(f"{names[a]} {metric} ({arrow})")
+        ax.set_ylabel(f"{names[b]} {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if any(f["main"] is not None for f in fronts):
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes[0].tolist(),
+                     label=fronts[0]["main_name"])
+    fig.savefig(out_path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_csv(fronts, path):
+    """The plotted numbers: one row per (front, weight), with the non-dominated flag over all objectives."""
+    import csv
+    import os
+
+    names = fronts[0]["objectives"]
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["front"] + [f"w_{n}" for n in names] + [f"aux_{n}" for n in names]
+                        + ["main", "non_dominated", "front_hypervolume"])
+        for fr in fronts:
+            keep = non_dominated(np.asarray(fr["aux"], float), maximize=fr["maximize"])
+            for i, (w, aux) in enumerate(zip(fr["weights"], fr["aux"])):
+                main = "" if fr["main"] is None else fr["main"][i]
+                writer.writerow([fr["label"]] + list(w) + list(aux) + [main, bool(keep[i]), fr["hv"]])
+    os.replace(tmp, path)
+
+
+def _parse_vectors(text, name):
+    try:
+        return [[float(v) for v in part.split(",")] for part in text.split(";") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--{name} must look like 0.5,1,2 (scales) or '0.9,0.9;1.1,0.9' (betas), got {text!r}") from None
+
+
+def main(argv=None):
+    import argparse
+    import itertools
+    import os
+    import sys
+
+    p = argparse.ArgumentParser(description="Plot Pareto fronts from train_ltr.py / train_llm.py runs.")
+    p.add_argument("runs", nargs="+", help="run folders (with results.json) or train_ltr.py model.pt files")
+    p.add_argument("--out", default="front.png", help="figure path; the numbers go to the same name with .csv")
+    p.add_argument("--objectives", default=None, help="the two objectives to plot, by name or 1-based index "
+                   "(default: the first two)")
+    p.add_argument("--all-pairs", action="store_true", help="one panel per pair of objectives (m > 2)")
+    p.add_argument("--scales", default=None, help="W-COS: fronts at these temperature scales c (Eq. 14), e.g. 0.5,1,2")
+    p.add_argument("--betas", default=None, help="T-COS: fronts at these temperatures (Eq. 15), e.g. '0.9,0.9;1.1,0.9'")
+    p.add_argument("--labels", default=None, help="comma-separated legend names, one per run")
+    args = p.parse_args(argv)
+    try:
+        scales = None if args.scales is None else [v for row in _parse_vectors(args.scales, "scales") for v in row]
+        betas = None if args.betas is None else _parse_vectors(args.betas, "betas")
+        if scales is not None and any(not (c > 0) for c in scales):
+            raise ValueError(f"--scales must be > 0, got {args.scales}")
+        if betas is not None and any(not (b > 0) for row in betas for b in row):
+            raise ValueError(f"--betas must be > 0, got {args.betas}")
+        fronts = []
+        for path in args.runs:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path} does not exist (expected a run folder or a model.pt)")
+            fronts += load_fronts(path, scales, betas)
+        if args.labels:
+            labels = args.labels.split(",")
+            if len(labels) != len(args.runs) or len(fronts) != len(args.runs):
+                raise ValueError(f"--labels needs one name per run ({len(args.runs)}), got {len(labels)}")
+            for f, name in zip(fronts, labels):
+                f["label"] = name
+        names = fronts[0]["objectives"]
+        if any(f["objectives"] != names or f["maximize"] != fronts[0]["maximize"] for f in fronts):
+            raise ValueError("all runs must have the same objectives (and task) to share a plot: "
+                             + "; ".join(f"{f['label']}: {f['objectives']}" for f in fronts))
+        m = len(names)
+        if m < 2:
+            raise ValueError("a front needs at least two objectives")
+        if args.all_pairs:
+            pairs = list(itertools.combinations(range(m), 2))
+        elif args.objectives:
+            pairs = [tuple(_objective_index(t, names) for t in args.objectives.split(","))]
+            if len(pairs[0]) != 2 or pairs[0][0] == pairs[0][1]:
+                raise ValueError(f"--objectives must name two different objectives, got {args.objectives!r}")
+        else:
+            pairs = [(0, 1)]
+        plot_fronts(fronts, pairs, args.out)
+        csv_path = os.path.splitext(args.out)[0] + ".csv"
+        write_csv(fronts, csv_path)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for f in fronts:
+        hv = "n/a" if f["hv"] is None else f"{f['hv']:.4e}"
+        main = "" if f["main"] is None else f" | {f['main_name']} {np.mean(f['main']):.4f} +/- {np.std(f['main']):.4f}"
+        print(f"{f['label']}: hypervolume {hv} (ref {f['hv_ref']}){main}")
+    print(f"wrote {args.out} and {csv_path}")
+    return 0
+
+
+def _objective_index(token, names):
+    token = token.strip()
+    if token.isdigit() and 1 <= int(token) <= len(names):
+        return int(token) - 1
+    if token in names:
+        return names.index(token)
+    raise ValueError(f"unknown objective {token!r}; this run has {names} (or 1..{len(names)})")
+
 
 if __name__ == "__main__":
-    print("usage: python pareto.py  (plotting fronts from checkpoints is not written yet; the metrics "
-          "are importable: from pareto import ndcg_at_k, non_dominated, hypervolume, weight_grid)")
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""End-to-end tests of train_ltr.py and pareto.py on small embedded data (tiny models, few epochs).
+
+Run: python -m pytest tests/test_train_ltr.py -q
+"""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import data as data_lib
+import pareto
+import train_ltr
+
+TINY = ["--epochs", "3", "--base-epochs", "2", "--hidden", "16", "--base-hidden", "16", "--layers", "1",
+        "--base-layers", "1", "--max-docs", "1024", "--log-every", "5", "--eval-every", "1", "--quiet", "--threads", "1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """80 / 30 / 30 queries in the MSLR text format, through the same loader as MSLR-WEB10K."""
+    path = str(tmp_path_factory.mktemp("tiny"))
+    data_lib.write_synthetic(path, seed=0, train_queries=80, vali_queries=30, test_queries=30, median_list_len=20,
+                             max_list_len=60)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """A larger set where a few epochs of W-COS-DPO learn a visible trade-off."""
+    path = str(tmp_path_factory.mktemp("small"))
+    data_lib.write_synthetic(path, seed=0, train_queries=200, vali_queries=50, test_queries=80, median_list_len=30,
+                             max_list_len=100)
+    return path
+
+
+def run(args):
+    """train_ltr.main in-process; returns its exit code."""
+    return train_ltr.main([str(a) for a in args])
+
+
+def results_of(out):
+    with open(os.path.join(out, "results.json")) as f:
+        return json.load(f)
+
+
+def epoch_losses(out, name):
+    with open(os.path.join(out, "train.log")) as f:
+        return [float(x) for x in re.findall(rf"\[{name}\] epoch +\d+ \| mean loss ([0-9.]+)", f.read())]
+
+
+@pytest.fixture(scope="session")
+def wcos_run(small_data, tmp_path_factory):
+    """One W-COS-DPO run shared by the tests that read its outputs."""
+    out = str(tmp_path_factory.mktemp("wcos"))
+    assert run(["--data-dir", small_data, "--out", out, "--epochs", "30", "--base-epochs", "4", "--base-hidden", "32",
+                "--max-docs", "2048", "--log-every", "50", "--eval-every", "10", "--quiet", "--threads", "1"]) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+def test_wcos_run_writes_the_promised_outputs(wcos_run):
+    res = results_of(wcos_run)
+    for key in ("method", "objectives", "weights", "aux_ndcg", "main_ndcg", "hypervolume", "train_seconds", "num_params"):
+        assert key in res, key
+    assert res["method"] == "wcos" and res["objectives"] == ["query_url_clicks", "url_clicks"]
+    assert np.array(res["weights"]).shape == (11, 2) and np.array(res["aux_ndcg"]).shape == (11, 2)
+    assert len(res["main_ndcg"]) == 11
+    assert res["hypervolume"] == pytest.approx(pareto.hypervolume(np.array(res["aux_ndcg"]), [0, 0]))
+    ckpt = torch.load(os.path.join(wcos_run, "model.pt"), weights_only=False)
+    for key in ("base", "jobs", "run_config", "norm_stats", "objectives", "data_fingerprint", "weights"):
+        assert key in ckpt, key
+    base = torch.load(os.path.join(wcos_run, "base.pt"), weights_only=False)
+    assert base["data_fingerprint"] == ckpt["data_fingerprint"] == res["data_fingerprint"]
+    losses = epoch_losses(wcos_run, "wcos")
+    assert len(losses) == 30 and np.mean(losses[-3:]) < np.mean(losses[:3])  # training lowers the loss
+
+
+def test_conditioning_is_real(wcos_run):
+    """NDCG of objective I is clearly higher at w = e1 than at w = e2, and the reverse for objective II."""
+    res = results_of(wcos_run)
+    w = np.array(res["weights"])
+    aux = np.array(res["aux_ndcg"])
+    at_e1 = aux[np.argmax(w[:, 0])]  # w = (1, 0)
+    at_e2 = aux[np.argmax(w[:, 1])]  # w = (0, 1)
+    assert at_e1[0] - at_e2[0] > 0.05, (at_e1, at_e2)
+    assert at_e2[1] - at_e1[1] > 0.05, (at_e1, at_e2)
+
+
+def test_post_training_control_from_the_checkpoint_alone(wcos_run, small_data):
+    """Eq. 14 on the saved model: scores at scale c are (1 - 1/c) s0 + s / c; c -> large returns to s0."""
+    trained = train_ltr.TrainedRanker.load(os.path.join(wcos_run, "model.pt"))
+    splits, _ = data_lib.load_ltr(small_data, 1, trained.objectives)
+    test = splits["test"]
+    w = [0.3, 0.7]
+    s, s0 = trained.score_split(test, w), trained.ref_scores(test)
+    torch.testing.assert_close(trained.score_split(test, w, c=2.0), 0.5 * s0 + 0.5 * s, rtol=1e-5, atol=1e-5)
+    far_aux, far_main = train_ltr.split_ndcg(trained.score_split(test, w, c=1e6), test)
+    base_aux, base_main = train_ltr.split_ndcg(s0, test)
+    assert far_aux + [far_main] == pytest.approx(base_aux + [base_main], abs=1e-3)
+    # different w, different scores
+    assert not torch.allclose(trained.score_split(test, [1.0, 0.0]), trained.score_split(test, [0.0, 1.0]))
+
+
+def test_eval_and_rank_subcommands(wcos_run, small_data, tmp_path, capsys):
+    ckpt = os.path.join(wcos_run, "model.pt")
+    assert run(["eval", ckpt, "--w", "0.5,0.5", "--c", "2"]) == 0
+    assert "hypervolume" in capsys.readouterr().out
+    test_file = os.path.join(small_data, "Fold1", "test.txt")
+    out = tmp_path / "scores.txt"
+    assert run(["rank", ckpt, test_file, "--w", "0.2,0.8", "--output", out]) == 0
+    scores = np.loadtxt(out)
+    with open(test_file) as f:
+        assert len(scores) == sum(1 for _ in f)
+    # the file's scores are the model's scores of the test split, in file order
+    trained = train_ltr.TrainedRanker.load(ckpt)
+    splits, _ = data_lib.load_ltr(small_data, 1, trained.objectives)
+    np.testing.assert_allclose(scores, trained.score_split(splits["test"], [0.2, 0.8]).numpy(), atol=2e-6)
+    # bad controls say what is accepted
+    assert run(["rank", ckpt, test_file, "--w", "0.5,0.6"]) == 2
+    assert "summing to 1" in capsys.readouterr().err
+    assert run(["rank", ckpt, test_file, "--w", "0.5"]) == 2
+    assert run(["eval", ckpt, "--c", "0"]) == 2
+    assert "--c must be" in capsys.readouterr().err
+    assert run(["eval", ckpt, "--beta", "1,1"]) == 2
+    assert "T-COS" in capsys.readouterr().err
+
+
+def test_pareto_needs_no_flag_beyond_the_run(wcos_run, tmp_path):
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert pareto.main([wcos_run]) == 0
+    finally:
+        os.chdir(old)
+    assert (tmp_path / "front.png").stat().st_size > 1000
+    rows = (tmp_path / "front.csv").read_text().strip().splitlines()
+    assert len(rows) == 12 and rows[0].startswith("front,w_query_url_clicks")
+    # from the checkpoint, with fronts at several temperature scales (Fig. 3a)
+    out = tmp_path / "scales.png"
+    assert pareto.main([os.path.join(wcos_run, "model.pt"), "--scales", "0.5,1,2", "--out", str(out)]) == 0
+    rows = (tmp_path / "scales.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3 * 11 and rows[1].startswith("wcos c=0.5")
+
+
+def test_same_seed_same_numbers_and_resume(tiny_data, tmp_path):
+    a, b, c = (str(tmp_path / x) for x in "abc")
+    assert run(["--data-dir", tiny_data, "--out", a] + TINY) == 0
+    assert run(["--data-dir", tiny_data, "--out", b] + TINY) == 0
+    keys = ("aux_ndcg", "main_ndcg", "hypervolume")
+    assert {k: results_of(a)[k] for k in keys} == {k: results_of(b)[k] for k in keys}
+    # stop after 1 of 3 epochs, then --resume: the same model as the uninterrupted run
+    tiny1 = TINY.copy()
+    tiny1[1] = "1"
+    assert run(["--data-dir", tiny_data, "--out", c] + tiny1) == 0
+    assert run(["--data-dir", tiny_data, "--out", c, "--resume"] + TINY) == 0
+    assert "resuming after epoch 1" in open(os.path.join(c, "train.log")).read()
+    assert "reusing" in open(os.path.join(c, "train.log")).read()  # the base model is not retrained
+    assert {k: results_of(c)[k] for k in keys} == {k: results_of(a)[k] for k in keys}
+
+
+def test_tcos_run_and_beta_fronts(tiny_data, tmp_path):
+    out = str(tmp_path / "tcos")
+    assert run(["--data-dir", tiny_data, "--out", out, "--method", "tcos"] + TINY) == 0
+    res = results_of(out)
+    assert res["method"] == "tcos" and res["config"]["parametrization"] == "augment"
+    assert epoch_losses(out, "tcos")[-1] < epoch_losses(out, "tcos")[0]
+    trained = train_ltr.TrainedRanker.load(os.path.join(out, "model.pt"))
+    splits, _ = data_lib.load_ltr(tiny_data, 1, trained.objectives)
+    test = splits["test"]
+    # Eq. 15 with ||beta||_1 = 1 leaves the network's output; a larger beta moves it towards s0
+    s_small = trained.score_split(test, [0.5, 0.5], beta=[0.5, 0.5])
+    s_big = trained.score_split(test, [0.5, 0.5], beta=[50.0, 50.0])
+    s0 = trained.ref_scores(test)
+    assert (s_big - s0).abs().max() < 0.05 * (s_small - s0).abs().max()
+    png = tmp_path / "betas.png"
+    assert pareto.main([out, "--betas", "0.9,0.9;1.1,0.9", "--out", str(png)]) == 0
+    assert len((tmp_path / "betas.csv").read_text().strip().splitlines()) == 1 + 2 * 11
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "nan")
+    tiny1 = TINY.copy()
+    tiny1[1] = "1"
+    assert run(["--data-dir", tiny_data, "--out", out] + tiny1) == 0
+    good = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+    real_step_loss = train_ltr.step_loss
+
+    def poisoned(*a, **k):
+        loss, L = real_step_loss(*a, **k)
+        return loss * float("nan"), L
+    monkeypatch.setattr(train_ltr, "step_loss", poisoned)
+    assert run(["--data-dir", tiny_data, "--out", out, "--resume"] + TINY) == 1
+    assert "loss became nan" in capsys.readouterr().err
+    kept = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+    assert kept["jobs"][0]["epoch"] == 1
+    for k, v in good["jobs"][0]["model_state"].items():
+        assert torch.equal(v, kept["jobs"][0]["model_state"][k])
+
+
+def test_bad_arguments_say_what_is_accepted(tiny_data, tmp_path, capsys):
+    base = ["--data-dir", tiny_data, "--out", str(tmp_path / "x")] + TINY
+    for extra, message in ((["--objectives", "I,VI"], "accepted"), (["--alpha", "0"], "--alpha must be > 0"),
+                           (["--beta", "-1"], "--beta must be > 0"), (["--beta", "1,2,3"], "one per objective"),
+                           (["--alpha", "a"], "--alpha must be a number")):
+        assert run(base + extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
+
+
+def test_checkpoint_from_other_data_or_objectives_is_refused(tiny_data, small_data, wcos_run, tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert run(["--data-dir", tiny_data, "--out", out] + TINY) == 0
+    assert run(["--data-dir", tiny_data, "--out", out, "--resume", "--objectives", "I,III"] + TINY) == 2
+    assert "objectives" in capsys.readouterr().err
+    assert run(["--data-dir", small_data, "--out", out, "--resume"] + TINY) == 2
+    assert "other data" in capsys.readouterr().err
+    assert run(["eval", os.path.join(wcos_run, "model.pt"), "--data-dir", tiny_data]) == 2
+    assert "other data" in capsys.readouterr().err
