@@ -218,3 +218,34 @@ def test_checkpoint_from_other_data_or_objectives_is_refused(tiny_data, small_da
     assert "other data" in capsys.readouterr().err
     assert run(["eval", os.path.join(wcos_run, "model.pt"), "--data-dir", tiny_data]) == 2
     assert "other data" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- baselines
+@pytest.mark.parametrize("method,num_models", [("ls", 11), ("soup", 2), ("modpo", 2 + 11)])
+def test_baselines_tiny_runs(method, num_models, tiny_data, tmp_path, capsys):
+    out = str(tmp_path / method)
+    tiny2 = TINY.copy()
+    tiny2[1] = "2"
+    assert run(["--data-dir", tiny_data, "--out", out, "--method", method] + tiny2) == 0
+    res = results_of(out)
+    ckpt = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+    assert res["method"] == method and len(ckpt["jobs"]) == num_models
+    assert np.array(res["aux_ndcg"]).shape == (11, 2)
+    single = train_ltr.count_parameters(train_ltr.model_from(ckpt["jobs"][0]))
+    assert res["num_params"] == num_models * single  # Table 1 counts every model a method keeps
+    assert res["train_seconds"] == pytest.approx(sum(j["seconds"] for j in ckpt["jobs"]))
+    assert all(j["epoch"] == 2 for j in ckpt["jobs"])  # the same per-model budget for every model
+    trained = train_ltr.TrainedRanker.load(os.path.join(out, "model.pt"))
+    if method == "soup":  # theta_w = w_1 theta_1 + w_2 theta_2, at any w
+        soup = trained.model_at([0.25, 0.75]).state_dict()
+        k = "head.weight"
+        torch.testing.assert_close(soup[k], 0.25 * trained.models[0].state_dict()[k]
+                                   + 0.75 * trained.models[1].state_dict()[k])
+    else:  # one model per evaluation weight, nothing in between
+        with pytest.raises(ValueError, match="one model per evaluation weight"):
+            trained.model_at([0.25, 0.75])
+        assert run(["eval", os.path.join(out, "model.pt"), "--w", "0.25,0.75"]) == 2
+        assert "one model per evaluation weight" in capsys.readouterr().err
+    if method == "modpo":  # Eq. 17 is trained for the objective with the larger weight: w_i >= 1/2, never 0
+        assert "modpo1" in open(os.path.join(out, "train.log")).read()
+        assert pareto.main([out, "--out", str(tmp_path / "f.png")]) == 0
