@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--w-per-list", action="store_true", help="variant: one w per list instead of one per step (paper: per step)")
     a("--num-weights", type=int, default=11, help="evaluation weights (paper: 11)")
     a("--idcg-zero", type=float, default=0.0, help="NDCG of a query whose ideal DCG is 0 (nan = skip it)")
-    a("--base", default=None, help="base checkpoint to reuse (default: OUT/base.pt, trained when missing)")
+    a("--base", default=None, help="base checkpoint: reused when it exists (same data), else trained and saved "
+      "there (default: OUT/base.pt, reused only when its settings match too)")
     a("--out", default="runs/ltr", help="output folder")
     a("--resume", action="store_true", help="continue from OUT/model.pt (saved after every epoch)")
     a("--seed", type=int, default=0)
@@ -160,11 +161,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------------
 # small helpers: seeding, atomic saves, logging
 # ------------------------------------------------------------------------------------------------------
-def seed_everything(seed: int) -> torch.Generator:
-    """One seeding block; returns the generator that draws w (and beta) so that draws are reproducible."""
+def seed_everything(seed: int) -> None:
+    """One seeding block. Batches draw from seed-derived numpy generators, w and beta from a torch.Generator
+    seeded per model (fine_tune), so a run is reproducible and --resume continues the same draws."""
     torch.manual_seed(seed)
     np.random.seed(seed)
-    return torch.Generator().manual_seed(seed + 1)
 
 
 def atomic_save(obj, path: str) -> None:
@@ -248,8 +249,6 @@ def train_base(args, splits, stats, log) -> Ranker:
             log(f"[base] reusing {path} (val NDCG@10 {ckpt.get('val_ndcg', float('nan')):.4f})")
             return model_from(ckpt, args.device)
         log(f"[base] {path} has other settings ({ckpt.get('settings')}); retraining")
-    elif args.base:
-        raise FileNotFoundError(f"--base {path} does not exist")
     torch.manual_seed(args.seed)
     model = Ranker(RankerConfig(num_features=data_lib.NUM_INPUTS, hidden=args.base_hidden,
                                 layers=args.base_layers)).to(args.device)
@@ -365,11 +364,17 @@ def step_loss(args, model: Ranker, batch, ref: torch.Tensor, job: Job, gen: torc
         L = torch.full((m,), float("nan"))
         L[i] = loss.item()
         return loss, L
-    L = mean_over_lists(lipo_losses(scores, ref, batch.aux, beta, batch.mask, args.label_norms),
-                        has_preference(batch.aux, batch.mask, args.label_norms))  # (m,), Eq. 11
-    loss = scalarize(L, w)
-    if args.penalty > 0:
-        loss = loss + args.penalty * cosine_penalty(L, w)  # Eq. 19; sign as in losses.cosine_penalty
+    per_list = lipo_losses(scores, ref, batch.aux, beta, batch.mask, args.label_norms)  # (B, m), Eq. 11
+    valid = has_preference(batch.aux, batch.mask, args.label_norms)  # (B, m): lists that state a preference
+    L = mean_over_lists(per_list, valid)  # (m,)
+    if w.dim() == 1:  # the paper: one w for the step, L_w = w . L (+ lambda G_w, Eq. 19)
+        loss = scalarize(L, w)
+        if args.penalty > 0:
+            loss = loss + args.penalty * cosine_penalty(L, w)  # sign as in losses.cosine_penalty (Eq. 18)
+    else:  # variant: list b has its own w_b; the same per-objective means, each list weighted by its w_b
+        loss = scalarize(per_list * valid / valid.sum(0).clamp_min(1), w).sum()
+        if args.penalty > 0:
+            loss = loss + args.penalty * cosine_penalty(per_list, w).mean()
     return loss, L.detach().cpu()
 
 

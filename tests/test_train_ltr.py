@@ -249,3 +249,22 @@ def test_baselines_tiny_runs(method, num_models, tiny_data, tmp_path, capsys):
     if method == "modpo":  # Eq. 17 is trained for the objective with the larger weight: w_i >= 1/2, never 0
         assert "modpo1" in open(os.path.join(out, "train.log")).read()
         assert pareto.main([out, "--out", str(tmp_path / "f.png")]) == 0
+
+
+def test_one_w_per_list_variant(tiny_data, tmp_path, monkeypatch):
+    """--w-per-list trains, and its loss equals the paper's (one w per step) when every list draws the same w."""
+    out = str(tmp_path / "perlist")
+    assert run(["--data-dir", tiny_data, "--out", out, "--w-per-list", "--penalty", "0.1"] + TINY) == 0
+    assert epoch_losses(out, "wcos")[-1] < epoch_losses(out, "wcos")[0]
+    splits, _ = data_lib.load_ltr(tiny_data, 1, ("I", "II"))
+    batch = data_lib.make_batches(splits["train"], 1024)[0]
+    args = train_ltr.resolve_args(train_ltr.build_parser().parse_args(["--data-dir", tiny_data]))
+    torch.manual_seed(0)
+    model = train_ltr.Ranker(train_ltr.RankerConfig(hidden=8, layers=1, heads=2, num_objectives=2))
+    ref = torch.randn(batch.mask.shape)
+    job = train_ltr.Job("wcos", model.config)
+    monkeypatch.setattr(train_ltr, "sample_weights", lambda alpha, num, generator: torch.tensor([[0.3, 0.7]] * num))
+    per_step, _ = train_ltr.step_loss(args, model, batch, ref, job, None)
+    args.w_per_list = True
+    per_list, _ = train_ltr.step_loss(args, model, batch, ref, job, None)
+    torch.testing.assert_close(per_list, per_step)
