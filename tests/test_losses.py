@@ -11,7 +11,15 @@ from losses import (compose_temperature, cosine_penalty, dpo_loss, has_preferenc
                     listnet_loss, mean_over_lists, modpo_loss, normalize_labels, normalize_temperature,
                     rescale_temperature, sample_weights, scalarize)
 
-torch.set_default_dtype(torch.float64)  # exact comparisons against the naive loops below
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons against the naive loops below; restored afterwards so other test files see float32."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def random_lists(B=6, n=7, m=3, seed=0):
