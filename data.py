@@ -29,9 +29,13 @@ feature normalisation = sign-preserving log1p then z-score with training statist
 (``fit_normalization``); label transforms = log1p for counts, z-score for dense scores (``OBJECTIVES``);
 long lists are subsampled for training only (``make_batches``, ``TRAIN_MAX_LIST_LEN``).
 
+The bottom section holds the LLM preference data (PKU-SafeRLHF schema, embedded preference set,
+byte tokenizer, tokenisation with a documented truncation rule), used by train_llm.py.
+
 Run:
     python data.py synthetic --out data/synthetic [--seed 0]   # write the embedded dataset
     python data.py stats DIR [--fold 1]                        # queries, documents, lengths, labels
+    python data.py preferences --out FILE.jsonl                # write the embedded preference set
 """
 from __future__ import annotations
 
@@ -39,13 +43,14 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import shutil
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -1102,7 +1107,7 @@ def _print_stats(data_dir: str, fold: int, cache: bool) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        description="Ranking data: write the embedded synthetic set, or summarise a dataset.")
+        description="Data: write the embedded ranking or preference set, or summarise a ranking dataset.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_syn = sub.add_parser("synthetic", help="write the embedded synthetic dataset in MSLR format")
     p_syn.add_argument("--out", required=True, help="output directory (Fold1/{train,vali,test}.txt are written there)")
@@ -1111,19 +1116,356 @@ def main(argv=None) -> None:
     p_stats.add_argument("data_dir", help="directory holding Fold{K}/{train,vali,test}.txt")
     p_stats.add_argument("--fold", type=int, default=1, help="fold number (MSLR: 1..5)")
     p_stats.add_argument("--no-cache", action="store_true", help="parse the text even when a cache exists")
+    p_pref = sub.add_parser("preferences", help="write the embedded preference set (PKU-SafeRLHF JSON lines)")
+    p_pref.add_argument("--out", required=True, help="output .jsonl file")
+    p_pref.add_argument("--seed", type=int, default=0)
+    p_pref.add_argument("--pairs", type=int, default=2000)
     args = parser.parse_args(argv)
     if args.command == "synthetic":
         t0 = time.perf_counter()
         out = write_synthetic(args.out, seed=args.seed)
         print(f"wrote {os.path.join(out, 'Fold1')}/{{train,vali,test}}.txt in {time.perf_counter() - t0:.1f} s")
+    elif args.command == "preferences":
+        pairs = read_preferences(write_synthetic_preferences(args.out, num_pairs=args.pairs, seed=args.seed))
+        print(f"wrote {args.out}: {len(pairs)} pairs, {100 * pairs.disagreement():.1f}% with "
+              f"better_response_id != safer_response_id")
     else:
         if args.fold < 1:
             parser.error(f"--fold: expected a positive integer, got {args.fold}")
         _print_stats(args.data_dir, args.fold, cache=not args.no_cache)
 
 
-if __name__ == "__main__":
-    main()
+# ---------------------------------------------------------------------------------------------------
+# Atomic writes (checkpoints and results of the training scripts)
+# ---------------------------------------------------------------------------------------------------
+
+
+def atomic_save(obj, path: str) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    import torch
+
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj, path: str) -> None:
+    """json.dump to a temporary file, then rename (same guarantee as atomic_save)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 # ==== LLM preference data (PKU-SafeRLHF) ====
+# Preference pairs for LLM alignment (paper Sec. 4.2, App. A.4): PKU-SafeRLHF JSON lines, an embedded
+# synthetic set in the same schema, and tokenisation into padded tensors.
+#
+#     read_preferences            PKU-SafeRLHF JSONL -> PreferencePairs (labels (N, n=2, m=2))
+#     preference_labels           better/safer ids -> z^j (App. A.4)
+#     synthetic_preference_rows   the embedded preference set (generative story in its docstring)
+#     write_synthetic_preferences ... written as JSON lines in the PKU-SafeRLHF schema
+#     split_pairs                 seeded train/test split
+#     ByteTokenizer               a file-free byte tokenizer (ids as transformers' ByT5Tokenizer)
+#     tokenize_pairs              PreferencePairs -> TokenizedPairs (padded ids, masks; truncation rule)
+#
+# Schema (one JSON object per line; other fields, e.g. PKU-SafeRLHF's is_response_0_safe, are ignored):
+#     prompt: str, response_0: str, response_1: str,
+#     better_response_id: 0 or 1   (helpfulness, objective 1)
+#     safer_response_id:  0 or 1   (harmlessness, objective 2)
+# Labels (App. A.4): z^j_i = 1 when response i is the preferred one for objective j, else 0.
+
+PREFERENCE_OBJECTIVES = ("helpfulness", "harmlessness")
+PREFERENCE_FIELDS = {"prompt": str, "response_0": str, "response_1": str,
+                     "better_response_id": int, "safer_response_id": int}
+ID_FIELDS = ("better_response_id", "safer_response_id")  # objective j = ID_FIELDS[j]
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading PKU-SafeRLHF JSON lines
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class PreferencePairs:
+    """N preference pairs: prompts[i], responses[i] = (response_0, response_1), labels (N, 2, 2) float32.
+
+    labels[i, r, j] = 1.0 when response r is preferred for objective j (PREFERENCE_OBJECTIVES[j]), else 0.0.
+    num_skipped_empty: pairs dropped by the empty-response rule of `read_preferences`.
+    """
+    prompts: list
+    responses: list
+    labels: np.ndarray
+    num_skipped_empty: int = 0
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, index: Sequence[int]) -> "PreferencePairs":
+        index = list(index)
+        return PreferencePairs([self.prompts[i] for i in index], [self.responses[i] for i in index],
+                               self.labels[index], 0, self.source)
+
+    def disagreement(self) -> float:
+        """Share of pairs whose helpfulness and harmlessness preferences point at different responses."""
+        return float(np.mean(self.labels[:, 0, 0] != self.labels[:, 0, 1])) if len(self) else 0.0
+
+
+def preference_labels(better_ids: Sequence[int], safer_ids: Sequence[int]) -> np.ndarray:
+    """z^j_i = 1 for the preferred response i of objective j (App. A.4): ids (N,), (N,) -> labels (N, 2, 2)."""
+    ids = np.stack([np.asarray(better_ids), np.asarray(safer_ids)], -1)  # (N, m=2)
+    if ids.size and not np.isin(ids, (0, 1)).all():
+        raise ValueError("better_response_id and safer_response_id must be 0 or 1")
+    labels = np.zeros((len(ids), 2, 2), dtype=np.float32)  # (N, n, m)
+    for j in range(2):
+        labels[np.arange(len(ids)), ids[:, j], j] = 1.0
+    return labels
+
+
+def read_preferences(path: str) -> PreferencePairs:
+    """Read PKU-SafeRLHF-style JSON lines (schema in the module docstring) into PreferencePairs.
+
+    Errors name the file and the 1-based line: FileNotFoundError for a missing file; ValueError for bad
+    JSON, a line that is not an object, a missing field, a field of the wrong type (ids must be the integers
+    0 or 1; true/false are refused) or an empty prompt.
+    Empty-response rule (our choice): a pair with an empty (or whitespace-only) response has nothing to
+    score, so it is SKIPPED and counted in `num_skipped_empty` (real dumps contain a few such rows and one of
+    them should not stop a run). Blank lines are ignored. A file with no usable pair is an error.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"preference file not found: {path} (expected PKU-SafeRLHF JSON lines)")
+    prompts, responses, better, safer, skipped = [], [], [], [], 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object with fields {list(PREFERENCE_FIELDS)}, "
+                                 f"got {type(row).__name__}")
+            for name, kind in PREFERENCE_FIELDS.items():
+                if name not in row:
+                    raise ValueError(f"{where}: missing field {name!r} (need {list(PREFERENCE_FIELDS)})")
+                value = row[name]
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    raise ValueError(f"{where}: field {name!r} must be {kind.__name__}, "
+                                     f"got {type(value).__name__} {value!r:.60}")
+            for name in ID_FIELDS:
+                if row[name] not in (0, 1):
+                    raise ValueError(f"{where}: field {name!r} must be 0 or 1, got {row[name]!r}")
+            if not row["prompt"].strip():
+                raise ValueError(f"{where}: field 'prompt' is empty")
+            if not row["response_0"].strip() or not row["response_1"].strip():
+                skipped += 1  # the documented empty-response rule: skip and count
+                continue
+            prompts.append(row["prompt"])
+            responses.append((row["response_0"], row["response_1"]))
+            better.append(row["better_response_id"])
+            safer.append(row["safer_response_id"])
+    if not prompts:
+        raise ValueError(f"{path}: no usable preference pair ({skipped} skipped for an empty response)")
+    return PreferencePairs(prompts, responses, preference_labels(better, safer), skipped, path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the embedded preference set
+# ----------------------------------------------------------------------------------------------------
+# Each topic: a request, helpful step pairs, a harmful tip (unsafe) and a caution (safe).
+_TOPICS = [
+    ("get into my neighbour's shed while they are away", ["borrow a spare key", "check the latch"],
+     "force the lock at night so nobody sees you", "ask your neighbour first and respect their property"),
+    ("make my old car go much faster", ["tune the engine", "fit lighter wheels"],
+     "remove the speed limiter and race on the public road", "keep it legal and test it on a track"),
+    ("clean a very dirty oven quickly", ["use baking soda paste", "scrub after an hour"],
+     "mix bleach with ammonia for a stronger cleaner", "never mix cleaning products and open a window"),
+    ("get back at a coworker who annoys me", ["write down what happens", "talk to them calmly"],
+     "post their home address online to scare them", "bring it to your manager instead of retaliating"),
+    ("lose ten kilos before the summer", ["eat more vegetables", "walk every day"],
+     "stop eating for a week and take diet pills", "talk to a doctor before any big change"),
+    ("watch the new film for free", ["check your library", "wait for the free trial"],
+     "download a pirated copy from a torrent site", "use only legal services that pay the makers"),
+    ("stay awake to study all night", ["take short breaks", "drink some water"],
+     "take your friend's prescription stimulants", "sleep a little, health matters more than one exam"),
+    ("fix the wiring of a broken lamp", ["unplug it first", "replace the cord"],
+     "skip the fuse and twist bare wires together", "switch off the power and ask an electrician if unsure"),
+    ("win an argument with my landlord", ["read your lease", "keep every receipt"],
+     "stop paying rent and change the locks", "use the official tenant advice service"),
+    ("get rid of the wasps in my garden", ["find the nest", "set a sugar trap"],
+     "burn the nest with petrol", "call a pest service and keep children away"),
+]
+_PROMPTS = ["How can I {}?", "What is the best way to {}?", "Can you tell me how to {}?", "I want to {}. Any tips?"]
+_HELPFUL = ["Sure: first {0}, then {1}.", "Step one, {0}; step two, {1}.", "Easy: {0} and {1}."]
+_UNHELPFUL = ["Not sure, sorry.", "Hard to say.", "I'd rather not say.", "It depends."]
+_UNSAFE = ["Also, {}.", "Tip: {}.", "Or just {}."]
+_SAFE = ["Please {}.", "But {}.", "Stay safe: {}."]
+_TYPES = [(1, 1), (1, 0), (0, 1), (0, 0)]  # (helpful, safe)
+
+
+def _response(rng: random.Random, topic: tuple, helpful: int, safe: int) -> str:
+    _, steps, harm, caution = topic
+    body = rng.choice(_HELPFUL).format(*steps) if helpful else rng.choice(_UNHELPFUL)
+    tail = rng.choice(_SAFE).format(caution) if safe else rng.choice(_UNSAFE).format(harm)
+    return f"{body} {tail}"
+
+
+def synthetic_preference_rows(num_pairs: int = 2000, seed: int = 0, label_noise: float = 0.1) -> list:
+    """The embedded preference set: `num_pairs` rows in the PKU-SafeRLHF schema, deterministic by seed.
+
+    Generative story. A prompt is a templated request from one of ten everyday topics, each with a risky
+    angle (e.g. "How can I make my old car go much faster?"). A response has two hidden binary traits:
+    helpful h (concrete steps vs. a vague non-answer) and safe s (a caution vs. a harmful tip), written as
+    "<body> <tail>" with randomly chosen templates. Each pair draws two responses whose (h, s) differ in at
+    least one trait. The helpfulness annotator prefers the higher h, the harmlessness annotator the higher s;
+    a tie on a trait is a coin flip for that annotator, and each label is then flipped with probability
+    `label_noise` (annotator noise). So the objectives partly conflict: a helpful-but-unsafe vs a
+    safe-but-unhelpful pair always splits them, a helpful-and-safe vs neither pair never does, ties split them
+    half the time; in expectation half of the pairs have better_response_id != safer_response_id (49.5% of
+    the default 2000 at seed 0). Bayes floor of the Eq. 5 loss of one objective (beta * margin free): about
+    (2/3) H(0.9) + (1/3) ln 2 = 0.45 (2/3 of pairs differ in the trait, 1/3 are coin flips).
+    """
+    if num_pairs < 1 or not 0 <= label_noise < 0.5:
+        raise ValueError(f"need num_pairs >= 1 and 0 <= label_noise < 0.5, got {num_pairs}, {label_noise}")
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num_pairs):
+        topic = rng.choice(_TOPICS)
+        t0, t1 = rng.sample(_TYPES, 2)  # two different (h, s) types
+        ids = []
+        for trait in (0, 1):  # 0: helpfulness (better_response_id), 1: harmlessness (safer_response_id)
+            pick = (0 if t0[trait] > t1[trait] else 1) if t0[trait] != t1[trait] else rng.randrange(2)
+            ids.append(1 - pick if rng.random() < label_noise else pick)
+        rows.append(dict(prompt=rng.choice(_PROMPTS).format(topic[0]),
+                         response_0=_response(rng, topic, *t0), response_1=_response(rng, topic, *t1),
+                         better_response_id=ids[0], safer_response_id=ids[1],
+                         is_response_0_safe=bool(t0[1]), is_response_1_safe=bool(t1[1])))
+    return rows
+
+
+def write_synthetic_preferences(path: str, num_pairs: int = 2000, seed: int = 0, label_noise: float = 0.1) -> str:
+    """Write `synthetic_preference_rows(...)` as JSON lines to `path` (atomically: temp file + rename)."""
+    rows = synthetic_preference_rows(num_pairs, seed, label_noise)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def split_pairs(pairs: PreferencePairs, test_fraction: float = 0.1, seed: int = 0):
+    """A seeded random split -> (train, test) PreferencePairs; the test part holds round(N * fraction) pairs."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    num_test = max(1, int(round(len(pairs) * test_fraction)))
+    if num_test >= len(pairs):
+        raise ValueError(f"{len(pairs)} pairs are too few to split off {num_test} test pairs")
+    return pairs.subset(sorted(order[num_test:])), pairs.subset(sorted(order[:num_test]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# tokenisation
+# ----------------------------------------------------------------------------------------------------
+class ByteTokenizer:
+    """UTF-8 bytes as tokens, no files: id = byte + 3, pad = 0, eos = 1, unk = 2 (the id layout of
+    transformers' ByT5Tokenizer, so the two agree; vocab_size 259)."""
+    pad_token_id, eos_token_id, bos_token_id = 0, 1, None
+    vocab_size = 259
+
+    def encode(self, text: str) -> list:
+        return [b + 3 for b in text.encode("utf-8")]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
+
+
+def format_prompt(prompt: str) -> str:
+    """The text the model sees before a response (PKU-SafeRLHF's dialogue style); a response follows with a space."""
+    return f"Human: {prompt}\nAssistant:"
+
+
+@dataclass
+class TokenizedPairs:
+    """Padded token tensors of N pairs (n = 2 responses each, right padding, length T <= max_length).
+
+    input_ids (N, 2, T) long; attention_mask (N, 2, T) bool (True = real token); prompt_mask (N, 2, T) bool;
+    response_mask (N, 2, T) bool (True = response token, EOS included: these tokens make log p(y|x));
+    labels (N, 2, 2) float32 (pair, response, objective). Truncation counts as described in tokenize_pairs.
+    """
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_mask: torch.Tensor
+    response_mask: torch.Tensor
+    labels: torch.Tensor
+    num_prompts_truncated: int = 0
+    num_responses_truncated: int = 0
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def batch(self, index, device=None) -> dict:
+        """Rows `index`, trimmed to the longest real sequence among them, as a dict of tensors on `device`."""
+        import torch
+
+        index = torch.as_tensor(index, dtype=torch.long)
+        T = max(int(self.attention_mask[index].sum(-1).max()), 2)
+        out = dict(input_ids=self.input_ids[index, :, :T], attention_mask=self.attention_mask[index, :, :T],
+                   response_mask=self.response_mask[index, :, :T], labels=self.labels[index], index=index)
+        return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+def tokenize_pairs(pairs: PreferencePairs, encode: Callable[[str], list], max_length: int, pad_id: int,
+                   eos_id: Optional[int] = None, bos_id: Optional[int] = None,
+                   max_prompt_length: Optional[int] = None) -> TokenizedPairs:
+    """Tokenise pairs into right-padded tensors (see TokenizedPairs) with a fixed truncation rule.
+
+    Sequence = [bos] + encode(format_prompt(prompt)) + encode(" " + response) + [eos].
+    Truncation rule (as TRL's DPO "keep_end" for prompts): a prompt longer than max_prompt_length (default
+    max_length // 2; bos included) keeps its LAST tokens, the part next to the response (bos, if any, stays
+    first); then a response longer than the room left (max_length - prompt length) keeps its FIRST tokens
+    and loses its eos (it was cut, it does not end). Counted per pair (num_prompts_truncated) and per
+    response (num_responses_truncated). encode: text -> token ids, without special tokens.
+    """
+    import torch
+
+    max_prompt_length = max_length // 2 if max_prompt_length is None else max_prompt_length
+    if not 2 <= max_prompt_length < max_length:
+        raise ValueError(f"need 2 <= max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
+    head = [] if bos_id is None else [bos_id]
+    tail = [] if eos_id is None else [eos_id]
+    seqs, n_prompt_cut, n_resp_cut = [], 0, 0
+    for prompt, pair in zip(pairs.prompts, pairs.responses):
+        p = encode(format_prompt(prompt))
+        keep = max_prompt_length - len(head)
+        if len(p) > keep:
+            p, n_prompt_cut = p[-keep:], n_prompt_cut + 1  # keep the end of the prompt
+        p = head + p
+        for response in pair:
+            r = encode(" " + response) + tail
+            room = max_length - len(p)
+            if len(r) > room:
+                r, n_resp_cut = r[:room], n_resp_cut + 1  # keep the start of the response
+            seqs.append((p, r))
+    T = max(len(p) + len(r) for p, r in seqs)
+    N = len(pairs)
+    ids = torch.full((N * 2, T), pad_id, dtype=torch.long)
+    attn = torch.zeros(N * 2, T, dtype=torch.bool)
+    prompt_mask = torch.zeros(N * 2, T, dtype=torch.bool)
+    resp_mask = torch.zeros(N * 2, T, dtype=torch.bool)
+    for i, (p, r) in enumerate(seqs):
+        ids[i, :len(p) + len(r)] = torch.tensor(p + r)
+        attn[i, :len(p) + len(r)] = True
+        prompt_mask[i, :len(p)] = True
+        resp_mask[i, len(p):len(p) + len(r)] = True
+    shape = (N, 2, T)
+    return TokenizedPairs(ids.view(shape), attn.view(shape), prompt_mask.view(shape), resp_mask.view(shape),
+                          torch.as_tensor(pairs.labels, dtype=torch.float32), n_prompt_cut, n_resp_cut)
+
+
+if __name__ == "__main__":
+    main()

@@ -481,6 +481,14 @@ def _objective_index(token, names):
         return int(token) - 1
     if token in names:
         return names.index(token)
+    try:  # a ranking objective by the paper's numbering ("IV"), as train_ltr.py --objectives takes it
+        import data
+
+        name = data.resolve_objectives([token])[0].name
+    except ValueError:
+        name = None
+    if name in names:
+        return names.index(name)
     raise ValueError(f"unknown objective {token!r}; this run has {names} (or 1..{len(names)})")
 
 

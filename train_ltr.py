@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--fold", type=int, default=1, help="MSLR fold 1-5")
     a("--objectives", default="I,II", help="auxiliary objectives by name or number, e.g. I,II or I,II,III,IV,V")
     a("--method", choices=METHODS, default="wcos", help="wcos/tcos (COS-DPO) or a baseline: ls, soup, modpo")
-    a("--alpha", default="1.0", help="Dirichlet concentration for w: one value or one per objective (App. A.6.1)")
+    a("--alpha", default="0.5", help="Dirichlet concentration for w: one value or one per objective (App. A.6.1)")
     a("--beta", default="1.0", help="DPO temperature: one value or one per objective (T-COS: evaluation beta)")
     a("--beta-range", default="0.67,1.5", help="T-COS training temperatures beta ~ Unif([lo, hi]^m) (App. A.8)")
     a("--penalty", type=float, default=0.0, help="cosine penalty coefficient lambda (App. A.2, Eq. 19)")
@@ -168,21 +168,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def progress(items: Sequence, desc: str, enabled: bool):
     """A dependency-free progress bar on stderr (only when stderr is a terminal)."""
     enabled = enabled and sys.stderr.isatty()
@@ -279,7 +264,7 @@ def train_base(args, splits, stats, log) -> Ranker:
         log(f"[base] epoch {epoch + 1:3d} | listnet {total / len(batches):.4f} | val NDCG@10 main {val:.4f}")
     seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
-    atomic_save(dict(kind="cosdpo-ltr-base", version=CHECKPOINT_VERSION, model_config=model.config.to_dict(),
+    data_lib.atomic_save(dict(kind="cosdpo-ltr-base", version=CHECKPOINT_VERSION, model_config=model.config.to_dict(),
                      model_state=best_state, settings=settings, norm_stats=stats, data_fingerprint=stats["fingerprint"],
                      val_ndcg=best_val, best_epoch=best_epoch, train_seconds=seconds), path)
     log(f"[base] saved {path}: epoch {best_epoch} (best val NDCG@10 {best_val:.4f}), {seconds:.1f} s")
@@ -625,12 +610,12 @@ def train(args) -> dict:
 
         def save(entry, i=i):  # after every epoch: the job's entry replaces its previous one, atomically
             ckpt["jobs"][i:i + 1] = [entry]
-            atomic_save(ckpt, path)
+            data_lib.atomic_save(ckpt, path)
         log(f"[{job.name}] training {count_parameters(Ranker(job.config)):,} parameters for {args.epochs} epochs"
             + ("" if job.fixed_w is None else f" at w={np.round(job.fixed_w, 3).tolist()}"))
         fine_tune(args, job, splits, ref, log, save, state, units)
     ckpt["complete"] = True
-    atomic_save(ckpt, path)
+    data_lib.atomic_save(ckpt, path)
 
     trained = TrainedRanker(ckpt, args.device)
     train_seconds = sum(job["seconds"] for job in ckpt["jobs"])
@@ -640,7 +625,7 @@ def train(args) -> dict:
                    hv_ref=[0.0] * m, train_seconds=train_seconds, num_params=num_params, beta=args.beta,
                    k=10, idcg_zero=args.idcg_zero, dataset=args.dataset, fold=args.fold, seed=args.seed,
                    epochs=args.epochs, data_fingerprint=stats["fingerprint"], config=run_config(args))
-    atomic_write_json(results, os.path.join(args.out, "results.json"))
+    data_lib.atomic_write_json(results, os.path.join(args.out, "results.json"))
     log(summary_table(results))
     log_file.close()
     return results

@@ -564,8 +564,8 @@ TINY = dict(train_queries=12, vali_queries=4, test_queries=4, median_list_len=8,
 
 def test_synthetic_is_deterministic_in_seed_and_mslr_formatted(tmp_path):
     a = data.write_synthetic(tmp_path / "a", seed=3, **TINY)
-    b = data.write_synthetic(tmp_path / "b", seed=3, **TINY)
-    c = data.write_synthetic(tmp_path / "c", seed=4, **TINY)
+    for name, seed in (("b", 3), ("c", 4)):
+        data.write_synthetic(tmp_path / name, seed=seed, **TINY)
     for name in data.SPLITS:
         text = (tmp_path / "a" / "Fold1" / f"{name}.txt").read_bytes()
         assert text == (tmp_path / "b" / "Fold1" / f"{name}.txt").read_bytes()

@@ -1,0 +1,471 @@
+"""Tests of the LLM path (Sec. 4.2): Hyper Prompt Tuning, LoRA, sequence log-probs, preference data, train_llm.py.
+
+Tiny models only (GPT-2 with 2 layers, width 32). Run: python -m pytest tests/test_llm.py -q
+"""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import data as data_lib
+import train_llm
+from losses import dpo_loss
+from models import (HyperPrompt, HyperPromptConfig, LoRA, LoRAConfig, PrefixLM, apply_lora, interpolate_states,
+                    lora_disabled, sequence_logps)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than on two when other processes share the
+    cores (measured 7x here); restored afterwards for the other test files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_lm(seed=0):
+    torch.manual_seed(seed)
+    return train_llm.tiny_gpt2(vocab_size=259, max_positions=128, layers=2, width=32, heads=2)
+
+
+def tiny_policy(m=2, k=4, seed=0):
+    """A tiny GPT-2 policy: frozen LM + LoRA + HyperPrompt (m = 0: plain prefix)."""
+    lm = tiny_lm(seed)
+    return train_llm.build_policy(lm, HyperPromptConfig(embed_dim=32, num_objectives=m, num_virtual_tokens=k),
+                                  LoRAConfig(), list(range(10, 10 + k)), seed)
+
+
+def tiny_batch(num_pairs=3, max_length=64):
+    pairs = data_lib.PreferencePairs(*_rows_to_fields(data_lib.synthetic_preference_rows(num_pairs, seed=1)))
+    tok = data_lib.ByteTokenizer()
+    return data_lib.tokenize_pairs(pairs, tok.encode, max_length, tok.pad_token_id, tok.eos_token_id)
+
+
+def _rows_to_fields(rows):
+    return ([r["prompt"] for r in rows], [(r["response_0"], r["response_1"]) for r in rows],
+            data_lib.preference_labels([r["better_response_id"] for r in rows], [r["safer_response_id"] for r in rows]))
+
+
+def flat(batch):
+    B, n, T = batch["input_ids"].shape
+    return batch["input_ids"].view(B * n, T), batch["attention_mask"].view(B * n, T), batch["response_mask"].view(B * n, T)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sequence log-probs
+# ---------------------------------------------------------------------------------------------------------
+def test_sequence_logps_equals_hand_sum_over_response_tokens():
+    torch.manual_seed(0)
+    B, T, V = 3, 7, 11
+    logits, labels = torch.randn(B, T, V), torch.randint(V, (B, T))
+    resp = torch.zeros(B, T, dtype=torch.bool)
+    resp[0, 3:6], resp[1, 1:7], resp[2, 5] = True, True, True  # prompt before, padding after
+    expected = torch.zeros(B)
+    for b in range(B):
+        for t in range(1, T):  # token t is predicted by position t - 1
+            if resp[b, t]:
+                expected[b] += torch.log_softmax(logits[b, t - 1], -1)[labels[b, t]]
+    assert torch.allclose(sequence_logps(logits, labels, resp), expected, atol=1e-5)
+
+
+def test_sequence_logps_ignores_prompt_and_padding_logits():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(1, 6, 5), torch.randint(5, (1, 6))
+    resp = torch.tensor([[False, False, True, True, False, False]])
+    base = sequence_logps(logits, labels, resp)
+    logits2 = logits.clone()
+    logits2[0, 0] += 100.0  # predicts token 1 (prompt): not counted
+    logits2[0, 3:] = float("nan")  # predicts tokens 4, 5 (padding) and nothing: not counted, nan must not leak
+    labels2 = labels.clone()
+    labels2[0, 4:] = 0
+    assert torch.equal(sequence_logps(logits2, labels2, resp), base)
+
+
+def test_sequence_logps_refuses_a_response_at_position_zero():
+    with pytest.raises(ValueError, match="first token"):
+        sequence_logps(torch.randn(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PrefixLM: prefix outputs are discarded
+# ---------------------------------------------------------------------------------------------------------
+class PoisonedLM(nn.Module):
+    """A stand-in causal LM whose logits are a per-position linear map of the inputs, except at the first
+    `k` positions, which it fills with nan: if any prefix output reached the caller, the log-probs would be nan."""
+
+    def __init__(self, k, vocab=13, d=6):
+        super().__init__()
+        self.k, self.emb, self.head = k, nn.Embedding(vocab, d), nn.Linear(d, vocab)
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, inputs_embeds, attention_mask, position_ids=None):
+        logits = self.head(inputs_embeds)
+        if inputs_embeds.shape[1] > self.k and position_ids is not None:
+            logits = torch.cat([torch.full_like(logits[:, :self.k], float("nan")), logits[:, self.k:]], 1)
+        return type("Out", (), {"logits": logits})()
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_prefix_outputs_never_reach_the_logps(k):
+    torch.manual_seed(0)
+    lm = PoisonedLM(k)
+    policy = PrefixLM(lm, HyperPrompt(HyperPromptConfig(embed_dim=6, num_objectives=2, num_virtual_tokens=k)))
+    ids = torch.randint(13, (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    resp = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 0]], dtype=torch.bool)
+    mask[1, 4] = False
+    logits = policy(ids, mask, w=torch.tensor([0.3, 0.7]))
+    assert logits.shape == (2, 5, 13)  # aligned with input_ids whatever k is
+    manual = lm.head(lm.emb(ids))  # the token positions' logits, computed by hand
+    assert torch.equal(logits, manual)
+    assert torch.allclose(sequence_logps(logits, ids, resp), sequence_logps(manual, ids, resp))
+
+
+def test_prefixlm_equals_manual_concatenation_on_gpt2():
+    """PrefixLM = run GPT-2 on [prefix; token embeddings] with positions (0..k-1, 0..T-1), drop k outputs."""
+    policy = tiny_policy(k=4)
+    ids, attn, _ = flat(tiny_batch(2).batch([0, 1]))
+    w = torch.tensor([0.2, 0.8])
+    with torch.no_grad():
+        got = policy(ids, attn, w=w)
+        prefix = policy.prompt(w, batch_size=ids.shape[0])
+        embeds = torch.cat([prefix, policy.lm.get_input_embeddings()(ids)], 1)
+        pos = torch.cat([torch.arange(4), torch.arange(ids.shape[1])]).expand(ids.shape[0], -1)
+        mask = torch.cat([torch.ones(ids.shape[0], 4, dtype=torch.long), attn.long()], 1)
+        full = policy.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits
+    assert torch.allclose(got, full[:, 4:], atol=1e-6)
+
+
+def test_prefixlm_refuses_left_padding():
+    policy = tiny_policy()
+    attn = torch.tensor([[0, 1, 1]], dtype=torch.bool)
+    with pytest.raises(ValueError, match="right-padded"):
+        policy(torch.ones(1, 3, dtype=torch.long), attn, w=torch.tensor([0.5, 0.5]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# gradients, w-dependence, the reference model
+# ---------------------------------------------------------------------------------------------------------
+def test_gradients_reach_hpt_and_lora_but_not_the_frozen_lm():
+    policy = tiny_policy()
+    data = tiny_batch(4)
+    batch = data.batch(range(4))
+    ref = train_llm.reference_logps(policy, data, 8, "cpu")
+    opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.1)
+    for step in range(2):  # LoRA A gets its first gradient only once B != 0 (B starts at 0)
+        opt.zero_grad()
+        logps = train_llm.policy_logps(policy, batch, torch.tensor([0.4, 0.6]))
+        L = train_llm.objective_losses(logps, ref, batch["labels"], torch.tensor([0.1, 0.1]))
+        (0.4 * L[0] + 0.6 * L[1]).backward()
+        if step == 0:
+            grads = {n: p.grad for n, p in policy.named_parameters()}
+            for name in ("prompt.prefix", "prompt.mlp_a.0.weight", "prompt.mlp_a.2.weight", "prompt.mlp_b.0.weight",
+                         "prompt.mlp_b.2.weight"):
+                assert grads[name] is not None and grads[name].abs().sum() > 0, name
+            lora_b = [g for n, g in grads.items() if n.endswith("lora_B")]
+            assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
+            frozen = [n for n, p in policy.named_parameters() if not p.requires_grad]
+            assert any("wte" in n for n in frozen) and any("c_attn.base" in n for n in frozen)
+            assert all(grads[n] is None for n in frozen)
+        opt.step()
+    assert all(p.grad.abs().sum() > 0 for n, p in policy.named_parameters() if n.endswith("lora_A"))
+
+
+def test_a_different_w_gives_a_different_logp():
+    policy = tiny_policy()
+    batch = tiny_batch(2).batch([0, 1])
+    with torch.no_grad():
+        a = train_llm.policy_logps(policy, batch, torch.tensor([1.0, 0.0]))
+        b = train_llm.policy_logps(policy, batch, torch.tensor([0.0, 1.0]))
+        again = train_llm.policy_logps(policy, batch, torch.tensor([1.0, 0.0]))
+    assert (a - b).abs().min() > 1e-5 and torch.equal(a, again)
+
+
+def test_policy_equals_reference_at_init_without_prefix_and_dpo_is_ln2():
+    policy = tiny_policy()
+    data = tiny_batch(3)
+    ids, attn, resp = flat(data.batch(range(3)))
+    with torch.no_grad():
+        pol = sequence_logps(policy(ids, attn, use_prefix=False), ids, resp).view(3, 2)  # LoRA on, B = 0
+        with lora_disabled(policy.lm):
+            ref = sequence_logps(policy(ids, attn, use_prefix=False), ids, resp).view(3, 2)
+    assert torch.equal(pol, ref)  # exactly: B = 0 adds an exact zero
+    assert torch.equal(ref, train_llm.reference_logps(policy, data, 2, "cpu"))
+    loss = dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1)
+    assert torch.allclose(loss, torch.full((3,), math.log(2.0)))
+    L = train_llm.objective_losses(pol, ref, data.labels, torch.tensor([0.1, 0.1]))
+    assert torch.allclose(L, torch.full((2,), math.log(2.0)))
+
+
+def test_objective_losses_are_pairwise_dpo_per_objective():
+    """With n = 2 and one-hot labels, lipo_losses (Eq. 8) is the pairwise DPO loss of Eq. 5 per objective."""
+    torch.manual_seed(0)
+    logps, ref = torch.randn(5, 2) * 3, torch.randn(5, 2) * 3
+    better, safer = [0, 1, 1, 0, 1], [1, 1, 0, 0, 0]
+    labels = torch.as_tensor(data_lib.preference_labels(better, safer))
+    got = train_llm.objective_losses(logps, ref, labels, torch.tensor([0.1, 0.5]))
+    for j, (ids, beta) in enumerate(((better, 0.1), (safer, 0.5))):
+        c, r = torch.tensor(ids), 1 - torch.tensor(ids)
+        ar = torch.arange(5)
+        want = dpo_loss(logps[ar, c], logps[ar, r], ref[ar, c], ref[ar, r], beta).mean()
+        assert torch.allclose(got[j], want, atol=1e-6)
+    acc = train_llm.reward_accuracy(logps, ref, labels)
+    margin = (logps - ref)[:, 0] - (logps - ref)[:, 1]
+    assert torch.allclose(acc[0], ((margin > 0) == (torch.tensor(better) == 0)).float().mean())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LoRA and the (hyper) prompt
+# ---------------------------------------------------------------------------------------------------------
+def test_lora_on_linear_and_gpt2_conv1d_match_the_formula():
+    from transformers.pytorch_utils import Conv1D
+    torch.manual_seed(0)
+    x = torch.randn(3, 5)
+    lin = nn.Linear(5, 7)
+    conv = Conv1D(7, 5)  # weight (in=5, out=7): y = x W + b
+    with torch.no_grad():
+        conv.weight.copy_(lin.weight.t())
+        conv.bias.copy_(lin.bias)
+    for base in (lin, conv):
+        lora = LoRA(base, rank=2, alpha=8.0)
+        assert torch.equal(lora(x), base(x))  # B = 0: the adapted map starts equal to the base
+        with torch.no_grad():
+            lora.lora_B.normal_()
+        want = x @ lin.weight.t() + lin.bias + 4.0 * (x @ lora.lora_A.t() @ lora.lora_B.t())  # alpha / r = 4
+        assert torch.allclose(lora(x), want, atol=1e-5)
+        with lora_disabled(lora):
+            assert torch.allclose(lora(x), base(x))
+        assert lora.enabled
+
+
+def test_apply_lora_freezes_everything_and_names_the_layers_when_nothing_matches():
+    lm = tiny_lm()
+    wrapped = apply_lora(lm, LoRAConfig())
+    assert wrapped == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
+    assert all(n.endswith(("lora_A", "lora_B")) for n, p in lm.named_parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="c_fc"):
+        apply_lora(tiny_lm(), LoRAConfig(targets=("nope",)))
+
+
+def test_hyperprompt_shapes_and_bad_w():
+    hp = HyperPrompt(HyperPromptConfig(embed_dim=6, num_objectives=2, num_virtual_tokens=3, rank=2))
+    assert hp(torch.tensor([0.5, 0.5]), batch_size=4).shape == (4, 3, 6)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    out = hp(w, batch_size=2)
+    assert torch.allclose(out[1], hp.mask(w[1]) * hp.prefix)  # mask = A @ B times P, row by row
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        hp(torch.tensor([0.2, 0.3, 0.5]))  # w of the wrong length
+    with pytest.raises(ValueError, match="rows"):
+        hp(w, batch_size=3)
+    plain = HyperPrompt(HyperPromptConfig(embed_dim=6, num_objectives=0, num_virtual_tokens=3))
+    assert torch.equal(plain(None, 2)[0], plain.prefix)
+    with pytest.raises(ValueError, match="w=None"):
+        plain(torch.tensor([0.5, 0.5]))
+
+
+def test_interpolate_states_is_the_soup():
+    a, b = {"x": torch.tensor([1.0, 2.0])}, {"x": torch.tensor([3.0, 6.0])}
+    assert torch.allclose(interpolate_states([a, b], [0.25, 0.75])["x"], torch.tensor([2.5, 5.0]))
+    with pytest.raises(ValueError):
+        interpolate_states([a, b], [1.0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# preference data: reader, synthetic set, tokenisation
+# ---------------------------------------------------------------------------------------------------------
+GOOD = dict(prompt="How?", response_0="Like this.", response_1="No.", better_response_id=0, safer_response_id=1)
+
+
+def write_lines(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_reader_labels_follow_the_ids(tmp_path):
+    pairs = data_lib.read_preferences(write_lines(tmp_path / "a.jsonl", [GOOD, dict(GOOD, better_response_id=1)]))
+    # z^j_i = 1 for the preferred response i of objective j: helpfulness = better id, harmlessness = safer id
+    assert pairs.labels[0].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert pairs.labels[1].tolist() == [[0.0, 0.0], [1.0, 1.0]]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({k: v for k, v in GOOD.items() if k != "safer_response_id"}, "missing field 'safer_response_id'"),
+    (dict(GOOD, better_response_id="1"), "'better_response_id' must be int"),
+    (dict(GOOD, safer_response_id=True), "'safer_response_id' must be int"),
+    (dict(GOOD, safer_response_id=2), "must be 0 or 1"),
+    (dict(GOOD, response_1=None), "'response_1' must be str"),
+    ('{"prompt": "x",', "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_reader_bad_rows_name_file_and_line(tmp_path, row, message):
+    path = write_lines(tmp_path / "bad.jsonl", [GOOD, GOOD, row])
+    with pytest.raises(ValueError, match=message) as err:
+        data_lib.read_preferences(path)
+    assert "bad.jsonl:3" in str(err.value)
+
+
+def test_reader_skips_and_counts_empty_responses(tmp_path):
+    path = write_lines(tmp_path / "e.jsonl", [GOOD, dict(GOOD, response_1="  "), "", dict(GOOD, response_0="")])
+    pairs = data_lib.read_preferences(path)
+    assert len(pairs) == 1 and pairs.num_skipped_empty == 2
+    with pytest.raises(ValueError, match="no usable"):
+        data_lib.read_preferences(write_lines(tmp_path / "f.jsonl", [dict(GOOD, response_0="")]))
+    with pytest.raises(FileNotFoundError):
+        data_lib.read_preferences(str(tmp_path / "missing.jsonl"))
+
+
+def test_synthetic_set_is_deterministic_and_its_objectives_conflict(tmp_path):
+    path = data_lib.write_synthetic_preferences(str(tmp_path / "s.jsonl"), num_pairs=400, seed=3)
+    pairs = data_lib.read_preferences(path)
+    assert data_lib.synthetic_preference_rows(400, seed=3) == [json.loads(l) for l in open(path)]
+    assert data_lib.synthetic_preference_rows(400, seed=4) != data_lib.synthetic_preference_rows(400, seed=3)
+    assert 0.3 < pairs.disagreement() < 0.7  # better_response_id != safer_response_id on a good share
+
+
+def test_tokenize_truncates_long_prompts_from_the_start_and_responses_at_the_end():
+    tok = data_lib.ByteTokenizer()
+    pairs = data_lib.PreferencePairs(["x" * 50 + "END", "short?"], [("abc", "a" * 100), ("yes", "no")],
+                                     data_lib.preference_labels([0, 1], [1, 0]))
+    data = data_lib.tokenize_pairs(pairs, tok.encode, max_length=64, pad_id=0, eos_id=1)  # prompt <= 32
+    assert data.num_prompts_truncated == 1 and data.num_responses_truncated == 1
+    p0 = data.input_ids[0, 0][data.prompt_mask[0, 0]].tolist()
+    assert len(p0) == 32 and tok.decode(p0).endswith("END\nAssistant:")  # the END of the prompt is kept
+    long_resp = data.input_ids[0, 1][data.response_mask[0, 1]].tolist()
+    assert tok.decode(long_resp) == " " + "a" * 31 and 1 not in long_resp  # start kept, no eos: it was cut
+    short = data.input_ids[1, 0][data.response_mask[1, 0]].tolist()
+    assert short == tok.encode(" yes") + [1]  # eos ends an uncut response
+    # layout: prompt, then response, then padding; masks disjoint; right padding only
+    m = data.attention_mask
+    assert torch.equal(m, data.prompt_mask | data.response_mask) and not (data.prompt_mask & data.response_mask).any()
+    assert not (m[..., 1:] & ~m[..., :-1]).any()
+    assert data.input_ids.shape == (2, 2, 64) and torch.equal(data.labels, torch.as_tensor(pairs.labels))
+
+
+def test_byte_tokenizer_agrees_with_transformers_byt5():
+    from transformers import ByT5Tokenizer
+    text = "Human: ça va? 💡"
+    assert data_lib.ByteTokenizer().encode(text) == ByT5Tokenizer()(text, add_special_tokens=False).input_ids
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train_llm.py: argument checks, a tiny end-to-end run, the same run on 2 DDP processes
+# ---------------------------------------------------------------------------------------------------------
+def resolve(*argv):
+    return train_llm.resolve_args(train_llm.build_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--weights", "0.5,0.3,0.2"], "needs 2 entries"),
+    (["--weights", "0.5,0.6"], "summing to 1"),
+    (["--beta", "0"], "--beta must be > 0"),
+    (["--alpha", "1,2,3"], "--alpha must be one number or 2"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--data", "/nonexistent.jsonl"], "no file"),
+])
+def test_bad_arguments_give_clear_errors(argv, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        resolve(*argv)
+
+
+def test_default_weights_are_the_11_point_grid():
+    args = resolve()
+    assert args.weights.shape == (11, 2) and np.allclose(args.weights[:, 0], np.linspace(0, 1, 11))
+    assert args.beta == [0.1, 0.1]
+
+
+TINY_RUN = ["--num-pairs", "240", "--test-fraction", "0.25", "--sft-steps", "100", "--max-steps", "100",
+            "--batch-size", "8", "--tiny-width", "32", "--tiny-heads", "2", "--max-length", "256",
+            "--log-every", "50", "--seed", "0"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """The same tiny W-COS-DPO run twice: one process, and 2 DDP processes (gloo); started together."""
+    out = tmp_path_factory.mktemp("llm")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.Popen([sys.executable, "train_llm.py", *TINY_RUN, "--threads", "1", "--out", str(out / "one")],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(free_port()), "train_llm.py", *TINY_RUN, "--out", str(out / "ddp")],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    log_single = single.communicate(timeout=300)[0]
+    assert single.returncode == 0, log_single[-3000:]
+    assert ddp.returncode == 0, ddp.stdout[-3000:]
+    return out, log_single, ddp.stdout
+
+
+def test_tiny_run_lowers_each_objectives_error_at_its_own_unit_weight(tiny_runs):
+    out, log, _ = tiny_runs
+    res = json.load(open(out / "one" / "results.json"))
+    for key in ("method", "objectives", "weights", "aux_error", "logp_dev_iqr", "hypervolume", "hv_ref",
+                "train_seconds", "num_params", "config"):
+        assert key in res, key
+    assert res["objectives"] == ["helpfulness", "harmlessness"] and res["hv_ref"] == [1.1, 1.1]
+    w, err, before = np.array(res["weights"]), np.array(res["aux_error"]), np.array(res["aux_error_init"])
+    assert w.shape == (11, 2) and err.shape == (11, 2) and len(res["logp_dev_iqr"]) == 11
+    e1, e2 = int(np.argmax(w[:, 0])), int(np.argmax(w[:, 1]))  # rows of w = (1, 0) and w = (0, 1)
+    assert err[e1, 0] < before[e1, 0] and err[e2, 1] < before[e2, 1]
+    assert "| loss " in log and "ms/step" in log
+
+
+def test_checkpoint_rebuilds_the_policy_alone(tiny_runs):
+    out, _, _ = tiny_runs
+    policy, ckpt, tok = train_llm.load_trained(str(out / "one" / "model.pt"))
+    cfg = ckpt["config"]
+    pairs = data_lib.read_preferences(ckpt["data"])
+    _, test = data_lib.split_pairs(pairs, cfg["test_fraction"], seed=cfg["seed"])
+    test = data_lib.tokenize_pairs(test, tok.encode, cfg["max_length"], tok.pad_token_id, tok.eos_token_id)
+    ref = train_llm.reference_logps(policy, test, 16, "cpu")
+    got = train_llm.evaluate(policy, ckpt["method"], ckpt["jobs"], np.array(ckpt["weights"]), test, ref,
+                             cfg["beta"], 16, "cpu")
+    res = json.load(open(out / "one" / "results.json"))
+    assert np.allclose(got["aux_error"], res["aux_error"], atol=1e-5)
+
+
+def test_ddp_two_processes_match_one_process(tiny_runs):
+    out, _, log = tiny_runs
+    one, two = (json.load(open(out / d / "results.json")) for d in ("one", "ddp"))
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert log.count("[wcos] step") == 2  # rank 0 alone logs (steps 50 and 100)
+    assert os.listdir(out / "ddp") and sorted(os.listdir(out / "ddp")) == ["model.pt", "results.json", "train.log"]
+    # each rank takes half of every batch, DDP averages the gradients, all ranks draw the same w:
+    # the 2-process run is the 1-process run up to float round-off
+    assert np.allclose(one["aux_error"], two["aux_error"], atol=2e-3)
+
+
+def test_baselines_soup_and_ls_run_end_to_end(tmp_path):
+    """DPO Soup (2 unit models, interpolated) and DPO-LS (one model per weight; here 3 weights) with a plain prefix."""
+    quick = ["--num-pairs", "120", "--test-fraction", "0.25", "--sft-steps", "10", "--max-steps", "5",
+             "--batch-size", "4", "--tiny-width", "32", "--tiny-heads", "2", "--log-every", "5"]
+    procs = {method: subprocess.Popen([sys.executable, "train_llm.py", *quick, "--method", method, *extra,
+                                       "--out", str(tmp_path / method)], cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True)
+             for method, extra in (("soup", []), ("ls", ["--weights", "0,1;0.5,0.5;1,0"]))}
+    for method, proc in procs.items():
+        log = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, log[-3000:]
+        res = json.load(open(tmp_path / method / "results.json"))
+        ckpt = torch.load(tmp_path / method / "model.pt", weights_only=False)
+        assert len(ckpt["jobs"]) == {"soup": 2, "ls": 3}[method]
+        assert len(res["aux_error"]) == {"soup": 11, "ls": 3}[method]
+        assert res["num_params"] == len(ckpt["jobs"]) * sum(v.numel() for v in ckpt["jobs"][0]["state"].values())
+        assert ckpt["hpt_config"]["num_objectives"] == 0  # the baselines' prefix is not conditioned on w
+        assert not any("mlp" in k for k in ckpt["jobs"][0]["state"])
