@@ -247,9 +247,12 @@ def scalarize(losses: torch.Tensor, w) -> torch.Tensor:
 def cosine_penalty(losses: torch.Tensor, w, eps: float = 1e-12) -> torch.Tensor:
     """Cosine penalty G_w of App. A.2, Eq. 18: G_w = (w . L) / (||w|| ||L||) = cos(w, L).
 
-    Sign convention, from Eq. 18 as printed: -G_w = cos<w, -L>, so G_w = +cos(w, L), and the penalised
-    loss of Eq. 19 / Alg. 3 is  L_w + lambda * G_w  (minimised). Note that this is the opposite sign of
-    COSMOS (Ruchte & Grabocka 2021), which subtracts lambda * cos(w, L); we follow the paper's math.
+    Sign convention, from Eq. 18 as printed: -G_w = cos<w, -L> = -(w . L) / (||w|| ||L||), so
+    G_w = +cos(w, L), and the penalised loss of Eq. 19 / Alg. 3 is  L_w + lambda * G_w  (minimised).
+    In words: minimising G_w maximises the cosine between w and the performance vector -L, so the
+    penalty lowers the loss most where the weight is largest (a test checks the gradient's direction).
+    COSMOS (Ruchte & Grabocka 2021), which the paper cites, subtracts lambda * cos(w, L) instead, i.e.
+    aligns L itself with w; we follow the paper's printed math.
     losses: (m,) or (B, m); w: (m,) or (B, m) on the simplex. Returns () or (B,).
     """
     w = _check_simplex(w, losses, losses.shape[-1], rows=losses.shape[0] if losses.dim() == 2 else None)

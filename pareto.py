@@ -9,8 +9,8 @@ several weights w) into numbers a reader can compare with the paper:
 - `weight_grid`    the evaluation weights: the paper's 11-point grid for m = 2 (Sec. 4) and a fixed,
                    seeded set for m > 2 (our choice; the paper does not list its 5-objective weights).
 
-Train scripts import these; the bottom of the file (to come) plots fronts from checkpoints and has a
-small command line. Only numpy and torch are imported here; matplotlib is imported lazily by the
+Train scripts import these; the bottom of the file plots fronts from saved runs and checkpoints and has
+a small command line (`python pareto.py RUN_DIR_OR_CHECKPOINT ...`). Only numpy and torch are imported here; matplotlib is imported lazily by the
 plotting part.
 
 Tests:     python -m pytest tests/test_pareto_metrics.py -q
@@ -333,6 +333,8 @@ def load_fronts(path, scales=None, betas=None):
     import train_ltr  # lazy: the metrics above must not depend on the training code
 
     trained = train_ltr.TrainedRanker.load(ckpt)
+    if betas and trained.method != "tcos":
+        raise ValueError(f"--betas needs a T-COS checkpoint (Eq. 15); {ckpt} is {trained.method}: use --scales (Eq. 14)")
     cfg = trained.ckpt["run_config"]
     splits, stats = train_ltr.data_lib.load_ltr(cfg["data_dir"], cfg["fold"], trained.objectives)
     if stats["fingerprint"] != trained.ckpt["data_fingerprint"]:

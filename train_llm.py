@@ -415,7 +415,9 @@ def train_job(args, model, policy: PrefixLM, train: data_lib.TokenizedPairs, ref
         w = w.to(args.device)
         loss = scalarize(L, w)  # L_w = w . L
         if conditioned and args.penalty > 0:
-            loss = loss + args.penalty * cosine_penalty(L, w)  # Eq. 19; sign as in losses.cosine_penalty
+            # Eq. 19; sign as in losses.cosine_penalty. Under DDP each rank uses its shard's L: cos is not
+            # linear, so with a penalty the averaged gradient differs slightly from the 1-process run
+            loss = loss + args.penalty * cosine_penalty(L, w)
         if not torch.isfinite(loss):
             raise RuntimeError(f"[{name}] loss became {loss.item()} at step {step}; try a lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -456,6 +458,9 @@ def set_weight(policy: PrefixLM, method: str, jobs: list, w) -> Optional[torch.T
     loaded = policy.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False)
     if loaded.unexpected_keys:  # (missing keys are expected: the frozen LM is not in `state`)
         raise ValueError(f"checkpoint state has unknown parameters {loaded.unexpected_keys[:5]}")
+    untrained = [k for k, p in policy.named_parameters() if p.requires_grad and k not in state]
+    if untrained:  # every trainable parameter must come from the checkpoint, none may keep its initial value
+        raise ValueError(f"checkpoint state lacks trainable parameters {untrained[:5]}")
     return None if w_in is None else w_in.to(device)
 
 

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--alpha", default="0.5", help="Dirichlet concentration for w: one value or one per objective (App. A.6.1)")
     a("--beta", default="1.0", help="DPO temperature: one value or one per objective (T-COS: evaluation beta)")
     a("--beta-range", default="0.67,1.5", help="T-COS training temperatures beta ~ Unif([lo, hi]^m) (App. A.8)")
-    a("--penalty", type=float, default=0.0, help="cosine penalty coefficient lambda (App. A.2, Eq. 19)")
+    a("--penalty", type=float, default=0.0, help="cosine penalty coefficient lambda (App. A.2, Eq. 19; COS-DPO "
+      "only; sign as printed in Eq. 18, see losses.cosine_penalty)")
     a("--parametrization", choices=("scratch", "augment"), default=None,
       help="scratch: separate network (paper main setting); augment: s0 + delta (default for tcos, App. A.8)")
     a("--layers", type=int, default=None, help="transformer layers of the fine-tuned model (paper 2; tcos 5)")
@@ -352,14 +353,13 @@ def step_loss(args, model: Ranker, batch, ref: torch.Tensor, job: Job, gen: torc
     per_list = lipo_losses(scores, ref, batch.aux, beta, batch.mask, args.label_norms)  # (B, m), Eq. 11
     valid = has_preference(batch.aux, batch.mask, args.label_norms)  # (B, m): lists that state a preference
     L = mean_over_lists(per_list, valid)  # (m,)
-    if w.dim() == 1:  # the paper: one w for the step, L_w = w . L (+ lambda G_w, Eq. 19)
+    if w.dim() == 1:  # the paper: one w for the step, L_w = w . L
         loss = scalarize(L, w)
-        if args.penalty > 0:
-            loss = loss + args.penalty * cosine_penalty(L, w)  # sign as in losses.cosine_penalty (Eq. 18)
     else:  # variant: list b has its own w_b; the same per-objective means, each list weighted by its w_b
         loss = scalarize(per_list * valid / valid.sum(0).clamp_min(1), w).sum()
-        if args.penalty > 0:
-            loss = loss + args.penalty * cosine_penalty(per_list, w).mean()
+    if args.penalty > 0 and job.fixed_w is None:  # Eq. 19 (Alg. 3/4): COS-DPO only, not the baselines (App. A.1)
+        # sign as in losses.cosine_penalty (Eq. 18); the per-list variant uses the batch's mean weight
+        loss = loss + args.penalty * cosine_penalty(L, w if w.dim() == 1 else w.mean(0))
     return loss, L.detach().cpu()
 
 
@@ -472,7 +472,7 @@ class TrainedRanker:
         self.max_docs = ckpt["run_config"]["max_docs"]
         self.base = model_from(ckpt["base"], device)
         self.models = [model_from(job, device) for job in ckpt["jobs"]]
-        self._ref_cache: dict = {}
+        self._ref_cache: list = []  # (split, its s0 scores); holding the split keeps identity checks valid
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> "TrainedRanker":
@@ -486,14 +486,21 @@ class TrainedRanker:
         return cls(ckpt, device)
 
     def ref_scores(self, split) -> torch.Tensor:
-        key = id(split)
-        if key not in self._ref_cache:
-            self._ref_cache[key] = score_split(ranker_fn(self.base), split, self.device, self.max_docs)
-        return self._ref_cache[key]
+        """s0 of every document of `split`: (N,), computed once per split object."""
+        for cached, scores in self._ref_cache:
+            if cached is split:
+                return scores
+        scores = score_split(ranker_fn(self.base), split, self.device, self.max_docs)
+        self._ref_cache.append((split, scores))
+        return scores
 
     def model_at(self, w) -> Ranker:
         """The ranker that serves weight w for this method."""
         w = np.asarray(w, dtype=np.float64)
+        m = len(self.objectives)
+        if w.shape != (m,) or (w < 0).any() or abs(w.sum() - 1) > 1e-6:
+            raise ValueError(f"w must be {m} numbers >= 0 summing to 1 (one per objective {self.objectives}), "
+                             f"got {w.tolist()}")
         if self.method in ("wcos", "tcos"):
             return self.models[0]
         if self.method == "soup":  # theta_w = sum_j w_j theta_j (Rame et al. 2024), no retraining
@@ -511,6 +518,9 @@ class TrainedRanker:
                          f"of them: {[job['fixed_w'] for job, _ in jobs]}")
 
     def score_split(self, split, w, c: Optional[float] = None, beta=None) -> torch.Tensor:
+        """(N,) scores of every document at weight w; c: temperature scale (Eq. 14); beta: T-COS only (Eq. 15)."""
+        if beta is not None and self.method != "tcos":
+            raise ValueError(f"beta moves a T-COS model (Eq. 15); this checkpoint is {self.method}: use c (Eq. 14)")
         beta = self.beta if beta is None else beta
         fn = steer_fn(self.model_at(w), self.ref_scores(split), w, c=c, beta=beta)
         return score_split(fn, split, self.device, self.max_docs)
@@ -553,8 +563,10 @@ def check_resumable(ckpt: dict, args, stats, path: str) -> None:
     """A checkpoint from other data, objectives or method than asked is refused with a clear message."""
     if ckpt.get("kind") != "cosdpo-ltr":
         raise ValueError(f"{path} is not a train_ltr.py checkpoint")
-    for key, want in (("data_fingerprint", stats["fingerprint"]), ("objectives", args.objectives),
-                      ("method", args.method)):
+    if ckpt.get("data_fingerprint") != stats["fingerprint"]:
+        raise ValueError(f"cannot resume from {path}: it was trained on other data (fingerprint "
+                         f"{ckpt.get('data_fingerprint')}) than {args.data_dir} ({stats['fingerprint']})")
+    for key, want in (("objectives", args.objectives), ("method", args.method)):
         if ckpt.get(key) != want:
             raise ValueError(f"cannot resume from {path}: its {key} is {ckpt.get(key)!r} but this run asks for "
                              f"{want!r}; use another --out or drop --resume")
@@ -581,19 +593,24 @@ def train(args) -> dict:
     m = len(args.objectives)
     weights = weight_grid(m, args.num_weights)
 
-    base = train_base(args, splits, stats, log)
-    t0 = time.perf_counter()
-    ref = {k: score_split(ranker_fn(base), splits[k], args.device, args.max_docs) for k in ("train", "vali")}
-    log(f"[base] reference scores of {sum(s.num_docs for k, s in splits.items() if k != 'test')} documents "
-        f"computed once ({time.perf_counter() - t0:.1f} s)")
-
     path = os.path.join(args.out, "model.pt")
-    ckpt = new_checkpoint(args, stats, weights, base)
+    old = None
     if args.resume:
         if not os.path.exists(path):
             raise FileNotFoundError(f"--resume: no {path} to resume from")
         old = torch.load(path, map_location="cpu", weights_only=False)
         check_resumable(old, args, stats, path)
+    # a resumed run keeps the base model its fine-tuned models were trained against
+    base = model_from(old["base"], args.device) if old else train_base(args, splits, stats, log)
+    if old:
+        log("[base] reusing the base model stored in the checkpoint being resumed")
+    t0 = time.perf_counter()
+    ref = {k: score_split(ranker_fn(base), splits[k], args.device, args.max_docs) for k in ("train", "vali")}
+    log(f"[base] reference scores of {sum(s.num_docs for k, s in splits.items() if k != 'test')} documents "
+        f"computed once ({time.perf_counter() - t0:.1f} s)")
+
+    ckpt = new_checkpoint(args, stats, weights, base)
+    if old:
         ckpt["jobs"], ckpt["weights"] = old["jobs"], old["weights"]
         weights = np.array(old["weights"])
     elif os.path.exists(path):
@@ -620,7 +637,7 @@ def train(args) -> dict:
     trained = TrainedRanker(ckpt, args.device)
     train_seconds = sum(job["seconds"] for job in ckpt["jobs"])
     num_params = sum(count_parameters(mdl) for mdl in trained.models)
-    result = evaluate(trained, splits["test"], weights, beta=args.beta, idcg_zero=args.idcg_zero)
+    result = evaluate(trained, splits["test"], weights, idcg_zero=args.idcg_zero)  # T-COS at --beta
     results = dict(method=args.method, objectives=args.objectives, weights=weights.tolist(), **result,
                    hv_ref=[0.0] * m, train_seconds=train_seconds, num_params=num_params, beta=args.beta,
                    k=10, idcg_zero=args.idcg_zero, dataset=args.dataset, fold=args.fold, seed=args.seed,

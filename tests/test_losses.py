@@ -193,8 +193,7 @@ def test_scalarize_and_cosine_penalty_by_hand():
     assert scalarize(L, w).item() == pytest.approx(0.25 + 2.25)
     # G_w = w.L / (|w| |L|) = 2.5 / (sqrt(0.625) * sqrt(10)) = 1.0 (L is parallel to w)
     assert cosine_penalty(L, w).item() == pytest.approx(1.0)
-    # Eq. 18 sign: G_w = +cos(w, L). Orthogonal-ish L gives a smaller G_w, so minimising L_w + lambda G_w
-    # with lambda > 0 pushes L away from the direction of w (lower loss where the weight is high).
+    # Eq. 18 sign: G_w = +cos(w, L) (not COSMOS's -cos): L = (3, 1) points away from w, smaller G_w
     assert cosine_penalty(torch.tensor([3.0, 1.0]), w).item() == pytest.approx(
         (0.75 + 0.75) / (math.sqrt(0.625) * math.sqrt(10)))
     # batched, with per-list weights
@@ -202,10 +201,16 @@ def test_scalarize_and_cosine_penalty_by_hand():
     wb = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
     torch.testing.assert_close(scalarize(Lb, wb), torch.tensor([2.5, 2.0]))
     torch.testing.assert_close(cosine_penalty(Lb, wb), torch.tensor([1.0, 1.0]))
-    # gradient of the penalty pushes the way the sign says: d G / d L_1 < 0 when L = (1, 3), w = (.25, .75)
+    # L parallel to w is a stationary point of G_w
     Lg = torch.tensor([1.0, 3.0], requires_grad=True)
     cosine_penalty(Lg, w).backward()
-    torch.testing.assert_close(Lg.grad, torch.zeros(2), atol=1e-12, rtol=0)  # L parallel to w: stationary
+    torch.testing.assert_close(Lg.grad, torch.zeros(2), atol=1e-12, rtol=0)
+    # the direction the sign gives: at L = (2, 2), dG/dL = w / (|w||L|) - (w.L) L / (|w||L|^3)
+    #   = (1/|w|) ((.25, .75) / 2.828 - 2 (2, 2) / 22.63) = (1/|w|) (-0.0884, +0.0884),
+    # so gradient descent on lambda G_w raises L_1 (weight .25) and lowers L_2 (weight .75)
+    Lg = torch.tensor([2.0, 2.0], requires_grad=True)
+    cosine_penalty(Lg, w).backward()
+    torch.testing.assert_close(Lg.grad, torch.tensor([-1.0, 1.0]) * 0.25 / (2 * math.sqrt(2) * math.sqrt(0.625)))
 
 
 # ------------------------------------------------------------------------------------------- Eq. 14 / 15

@@ -236,6 +236,8 @@ def test_baselines_tiny_runs(method, num_models, tiny_data, tmp_path, capsys):
     assert res["train_seconds"] == pytest.approx(sum(j["seconds"] for j in ckpt["jobs"]))
     assert all(j["epoch"] == 2 for j in ckpt["jobs"])  # the same per-model budget for every model
     trained = train_ltr.TrainedRanker.load(os.path.join(out, "model.pt"))
+    with pytest.raises(ValueError, match="summing to 1"):
+        trained.model_at([0.5, 0.6])
     if method == "soup":  # theta_w = w_1 theta_1 + w_2 theta_2, at any w
         soup = trained.model_at([0.25, 0.75]).state_dict()
         k = "head.weight"
@@ -268,3 +270,15 @@ def test_one_w_per_list_variant(tiny_data, tmp_path, monkeypatch):
     args.w_per_list = True
     per_list, _ = train_ltr.step_loss(args, model, batch, ref, job, None)
     torch.testing.assert_close(per_list, per_step)
+
+
+def test_penalty_is_for_cos_dpo_only_and_betas_for_tcos_only(tiny_data, tmp_path, wcos_run, capsys):
+    """App. A.1 baselines minimise L_w alone: --penalty leaves a Soup unchanged; --betas refuses a W-COS model."""
+    tiny1 = TINY.copy()
+    tiny1[1] = "1"
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert run(["--data-dir", tiny_data, "--out", a, "--method", "soup"] + tiny1) == 0
+    assert run(["--data-dir", tiny_data, "--out", b, "--method", "soup", "--penalty", "0.5"] + tiny1) == 0
+    assert results_of(a)["aux_ndcg"] == results_of(b)["aux_ndcg"]
+    assert pareto.main([os.path.join(wcos_run, "model.pt"), "--betas", "1,1", "--out", str(tmp_path / "x.png")]) == 2
+    assert "T-COS" in capsys.readouterr().err
