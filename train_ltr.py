@@ -266,8 +266,9 @@ def train_base(args, splits, stats, log) -> Ranker:
     seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
     data_lib.atomic_save(dict(kind="cosdpo-ltr-base", version=CHECKPOINT_VERSION, model_config=model.config.to_dict(),
-                     model_state=best_state, settings=settings, norm_stats=stats, data_fingerprint=stats["fingerprint"],
-                     val_ndcg=best_val, best_epoch=best_epoch, train_seconds=seconds), path)
+                     model_state=best_state, settings=settings, run_config=run_config(args), norm_stats=stats,
+                     objectives=["relevance"], data_fingerprint=stats["fingerprint"], val_ndcg=best_val,
+                     best_epoch=best_epoch, train_seconds=seconds), path)
     log(f"[base] saved {path}: epoch {best_epoch} (best val NDCG@10 {best_val:.4f}), {seconds:.1f} s")
     return model.eval()
 

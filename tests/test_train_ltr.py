@@ -73,6 +73,8 @@ def test_wcos_run_writes_the_promised_outputs(wcos_run):
     for key in ("base", "jobs", "run_config", "norm_stats", "objectives", "data_fingerprint", "weights"):
         assert key in ckpt, key
     base = torch.load(os.path.join(wcos_run, "base.pt"), weights_only=False)
+    for key in ("model_state", "model_config", "run_config", "norm_stats", "objectives", "data_fingerprint"):
+        assert key in base, key
     assert base["data_fingerprint"] == ckpt["data_fingerprint"] == res["data_fingerprint"]
     losses = epoch_losses(wcos_run, "wcos")
     assert len(losses) == 30 and np.mean(losses[-3:]) < np.mean(losses[:3])  # training lowers the loss
