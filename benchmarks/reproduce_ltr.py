@@ -4,6 +4,8 @@ Run from the repository root (about 10-15 minutes on a 2-core CPU with the embed
     python benchmarks/reproduce_ltr.py                    # everything, outputs in runs/paper
     python benchmarks/reproduce_ltr.py --parts compare    # only the Table 1 / Fig. 2 comparison
     python benchmarks/reproduce_ltr.py --dataset mslr --data-dir PATH   # the same on MSLR-WEB10K (hours)
+    python benchmarks/reproduce_ltr.py --parts compare --seed 1 --out runs/paper_seed1   # another seed
+    python benchmarks/reproduce_ltr.py --summarize runs/paper,runs/paper_seed1           # mean +/- std
 
 Parts (each writes its runs, figures and a Markdown table under --out; RESULTS.md collects the tables):
   compare  DPO-LS, DPO Soup, MO-DPO and W-COS-DPO with the same base model, data, evaluation weights and
@@ -127,6 +129,28 @@ def tcos(common, out):
     return "\n".join(lines)
 
 
+def summarize(dirs):
+    """Mean +/- std over several seeds' compare runs (one --out folder per seed)."""
+    lines = [f"**Across {len(dirs)} seeds** ({', '.join(dirs)}): mean +/- std; wins = seeds where W-COS-DPO's HV "
+             "is at least the method's", "",
+             "| objectives | method | aux HV | main NDCG@10 | train time (s) | W-COS HV >= it |", "|---|---|---|---|---|---|"]
+    for tag, objectives in (("m2_I_II", "I, II"), ("m2_IV_V", "IV, V"), ("m5", "I-V")):
+        runs = {}
+        for meth, _ in METHODS:
+            runs[meth] = []
+            for d in dirs:
+                with open(os.path.join(d, tag, meth, "results.json")) as f:
+                    runs[meth].append(json.load(f))
+        for meth, name in METHODS:
+            hv = np.array([r["hypervolume"] for r in runs[meth]])
+            main = np.array([r["main_ndcg_mean"] for r in runs[meth]])
+            secs = np.array([r["train_seconds"] for r in runs[meth]])
+            wins = sum(w["hypervolume"] >= r["hypervolume"] for w, r in zip(runs["wcos"], runs[meth]))
+            lines.append(f"| {objectives} | {name} | {hv.mean():.3e} +/- {hv.std():.1e} | {main.mean():.3f} +/- "
+                         f"{main.std():.3f} | {secs.mean():.0f} | {'-' if meth == 'wcos' else f'{wins}/{len(dirs)}'} |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/paper")
@@ -136,7 +160,12 @@ def main():
     p.add_argument("--epochs", type=int, default=None, help="per-model epochs (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--summarize", default=None, help="only print mean +/- std over finished compare runs, "
+                   "e.g. runs/paper,runs/paper_seed1,runs/paper_seed2")
     args = p.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize.split(",")))
+        return
     os.makedirs(args.out, exist_ok=True)
     # one base model for every run: trained by the first run, reused by the others (--base)
     common = ["--dataset", args.dataset, "--seed", str(args.seed), "--base", os.path.join(args.out, "base.pt"),
