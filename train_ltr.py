@@ -656,12 +656,15 @@ def model_from(entry: dict, device: str = "cpu") -> Ranker:
     return model.to(device).eval()
 
 
-def summary_table(results: dict) -> str:
+def summary_table(results: dict, split: str = "test") -> str:
     names = results["objectives"]
-    lines = [f"\n{results['method']}: test NDCG@10 at the {len(results['weights'])} evaluation weights",
-             " | ".join(["w".ljust(24)] + [n[:14].rjust(14) for n in names] + ["main".rjust(8)])]
+    width = [max(len(n), 8) for n in names]
+    wcol = max(len(str(np.round(w, 2).tolist())) for w in results["weights"])
+    lines = [f"\n{results['method']}: {split} NDCG@10 at {len(results['weights'])} weight(s)",
+             " | ".join(["w".ljust(wcol)] + [n.rjust(k) for n, k in zip(names, width)] + ["main".rjust(8)])]
     for w, aux, main in zip(results["weights"], results["aux_ndcg"], results["main_ndcg"]):
-        lines.append(" | ".join([str(np.round(w, 2).tolist()).ljust(24)] + [f"{v:14.4f}" for v in aux] + [f"{main:8.4f}"]))
+        lines.append(" | ".join([str(np.round(w, 2).tolist()).ljust(wcol)] + [f"{v:{k}.4f}" for v, k in zip(aux, width)]
+                                + [f"{main:8.4f}"]))
     hv = results["hypervolume"]
     lines.append(f"hypervolume (ref 0) {hv if hv is None else f'{hv:.4e}'} | main NDCG@10 "
                  f"{results['main_ndcg_mean']:.4f} +/- {results['main_ndcg_std']:.4f} | train {results['train_seconds']:.1f} s"
@@ -729,9 +732,10 @@ def control_main(command: str, argv: list) -> None:
                          f"{trained.ckpt['data_fingerprint']} vs {stats['fingerprint']})")
     weights = weights or trained.ckpt["weights"]
     result = evaluate(trained, splits[args.split], weights, c=c, beta=beta, idcg_zero=cfg["idcg_zero"])
-    print(summary_table(dict(method=f"{trained.method} ({args.split}, c={c}, beta={beta})", objectives=trained.objectives,
-                             weights=weights, train_seconds=sum(j["seconds"] for j in trained.ckpt["jobs"]),
-                             num_params=sum(count_parameters(mdl) for mdl in trained.models), **result)))
+    controls = "".join(f" {k}={v}" for k, v in (("c", c), ("beta", beta)) if v is not None)
+    print(summary_table(dict(method=trained.method + controls, objectives=trained.objectives, weights=weights,
+                             train_seconds=sum(j["seconds"] for j in trained.ckpt["jobs"]),
+                             num_params=sum(count_parameters(mdl) for mdl in trained.models), **result), args.split))
 
 
 def main(argv: Optional[list] = None) -> int:
