@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 import time
@@ -43,6 +42,7 @@ from losses import cosine_penalty, has_preference, lipo_losses, mean_over_lists,
 from models import (HyperPrompt, HyperPromptConfig, LoRAConfig, PrefixLM, apply_lora, count_parameters,
                     interpolate_states, lora_disabled, sequence_logps, trainable_state)
 from pareto import hypervolume, weight_grid
+from train_ltr import parse_floats  # "0.5" or "0.3,0.7" -> one positive value per objective
 
 METHODS = ("wcos", "ls", "soup")
 OBJECTIVES = list(data_lib.PREFERENCE_OBJECTIVES)
@@ -96,21 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
       "choice for --model)")
     a("--log-every", type=int, default=25, help="steps between log lines")
     return p
-
-
-def parse_floats(text: str, name: str, m: int) -> list:
-    """'0.5' -> [0.5] * m, '0.3,0.7' -> [0.3, 0.7]; each > 0 and finite, else a clear ValueError."""
-    try:
-        values = [float(v) for v in str(text).split(",")]
-    except ValueError:
-        raise ValueError(f"--{name} must be a number or {m} comma-separated numbers, got {text!r}") from None
-    if len(values) == 1:
-        values = values * m
-    if len(values) != m:
-        raise ValueError(f"--{name} must be one number or {m} (one per objective), got {len(values)}: {text!r}")
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"--{name} must be > 0 and finite, got {text!r}")
-    return values
 
 
 def parse_weights(text: Optional[str], m: int) -> np.ndarray:

@@ -10,25 +10,14 @@ NDCG is checked to agree (comparison only; scikit-learn is not a dependency).
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench_losses import median_ms  # noqa: E402
 from pareto import hypervolume, ndcg_at_k, non_dominated  # noqa: E402
-
-
-def median_ms(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def sphere_front(num, m, rng):
