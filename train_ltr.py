@@ -13,7 +13,7 @@ objectives (w) and between them and the main objective (c or beta):
     stage 3  test NDCG@10 per objective at the evaluation weights, hypervolume, results.json
 
 Run:
-    python train_ltr.py                                   # embedded synthetic data, W-COS-DPO, ~2 minutes on 2 cores
+    python train_ltr.py                                   # embedded synthetic data, W-COS-DPO, ~20 s on 2 cores
     python train_ltr.py --dataset mslr --data-dir PATH    # a local MSLR-WEB10K (see README)
     python train_ltr.py --method tcos --out runs/tcos
     python train_ltr.py eval runs/ltr/model.pt --w 0.3,0.7 --c 2      # post-training control (Eq. 14 / 15)
