@@ -206,11 +206,11 @@ def score_split(score_fn: Callable, split, device: str, max_docs: int) -> torch.
     return out
 
 
-def ranker_fn(model: Ranker, ref: Optional[torch.Tensor] = None, w=None, beta_bar=None) -> Callable:
-    """score_fn for a Ranker; ref: (N,) per-document reference scores of the split (augment needs them)."""
+def ranker_fn(model: Ranker, ref: Optional[torch.Tensor] = None) -> Callable:
+    """score_fn for an unconditioned Ranker (the base, a unit model); ref: (N,) s0 of the split (augment needs it)."""
     def fn(batch):
         ref_b = None if ref is None else ref.to(batch.mask.device)[batch.index]
-        return model(batch.features, batch.mask, w=w, beta_bar=beta_bar, ref_scores=ref_b)
+        return model(batch.features, batch.mask, ref_scores=ref_b)
     return fn
 
 
@@ -505,8 +505,8 @@ class TrainedRanker:
         if self.method in ("wcos", "tcos"):
             return self.models[0]
         if self.method == "soup":  # theta_w = sum_j w_j theta_j (Rame et al. 2024), no retraining
-            state = {k: sum(float(w[j]) * mdl.state_dict()[k] for j, mdl in enumerate(self.models))
-                     for k in self.models[0].state_dict()}
+            states = [mdl.state_dict() for mdl in self.models]
+            state = {k: sum(float(w_j) * st[k] for w_j, st in zip(w, states)) for k in states[0]}
             soup = Ranker(self.models[0].config).to(self.device)
             soup.load_state_dict(state)
             return soup.eval()
