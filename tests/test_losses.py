@@ -2,15 +2,16 @@
 
 Run: python -m pytest tests/test_losses.py -q
 """
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from losses import (compose_temperature, cosine_penalty, dpo_loss, has_preference, lipo_loss, lipo_losses,
                     listnet_loss, mean_over_lists, modpo_loss, normalize_labels, normalize_temperature,
                     rescale_temperature, sample_weights, scalarize)
-
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +123,11 @@ def test_padding_values_do_not_matter():
     s2, s02, labels2 = s.clone(), s0.clone(), labels.clone()
     s2[~mask], s02[~mask] = 1e6, -1e6
     labels2[~mask] = 50.0
-    torch.testing.assert_close(lipo_losses(s, s0, labels, 0.5, mask), lipo_losses(s2, s02, labels2, 0.5, mask))
+    s2.requires_grad_(True)
+    losses = lipo_losses(s2, s02, labels2, 0.5, mask, ("l1", "softmax", "l1"))
+    torch.testing.assert_close(losses, lipo_losses(s, s0, labels, 0.5, mask, ("l1", "softmax", "l1")))
+    losses.sum().backward()
+    assert (s2.grad[~mask] == 0).all() and torch.isfinite(s2.grad).all()
 
 
 def test_all_padding_and_huge_gaps_stay_finite():
@@ -149,6 +154,8 @@ def test_all_zero_labels_carry_no_preference_under_l1():
     losses = lipo_losses(s, s0, labels, 1.0, mask)
     valid = has_preference(labels, mask)
     assert valid.tolist() == [[False, False], [True, True], [True, False]]
+    # under "softmax" every list with two real items orders its items, even with all-zero labels
+    assert has_preference(labels, mask, ("softmax", "l1")).tolist() == [[True, False], [True, True], [True, False]]
     assert losses[0].abs().sum() == 0 and losses[2, 1] == 0
     # the mean counts only lists with a preference
     torch.testing.assert_close(mean_over_lists(losses, valid), torch.stack([losses[1:, 0].mean(), losses[1, 1]]))
@@ -193,7 +200,7 @@ def test_scalarize_and_cosine_penalty_by_hand():
     assert scalarize(L, w).item() == pytest.approx(0.25 + 2.25)
     # G_w = w.L / (|w| |L|) = 2.5 / (sqrt(0.625) * sqrt(10)) = 1.0 (L is parallel to w)
     assert cosine_penalty(L, w).item() == pytest.approx(1.0)
-    # Eq. 18 sign: G_w = +cos(w, L) (not COSMOS's -cos): L = (3, 1) points away from w, smaller G_w
+    # G_w = +cos(w, L): L = (3, 1) points away from w, smaller G_w
     assert cosine_penalty(torch.tensor([3.0, 1.0]), w).item() == pytest.approx(
         (0.75 + 0.75) / (math.sqrt(0.625) * math.sqrt(10)))
     # batched, with per-list weights
@@ -211,6 +218,26 @@ def test_scalarize_and_cosine_penalty_by_hand():
     Lg = torch.tensor([2.0, 2.0], requires_grad=True)
     cosine_penalty(Lg, w).backward()
     torch.testing.assert_close(Lg.grad, torch.tensor([-1.0, 1.0]) * 0.25 / (2 * math.sqrt(2) * math.sqrt(0.625)))
+
+
+@pytest.mark.parametrize("w", [(0.25, 0.75), (0.5, 0.5), (0.9, 0.1)])
+def test_penalty_with_positive_lambda_brings_L_along_w(w):
+    """Issue 10: training minimises L_w - lambda * cos(w, L). One gradient step on L from a point off the
+    ray of w raises cos(w, L) (lambda > 0 large enough to beat L_w's own pull, or the penalty alone); the
+    sign printed in Eq. 18 (L_w + lambda * G_w, i.e. a negative lambda here) lowers it."""
+    w = torch.tensor(w)
+    L0 = torch.tensor([2.0, 2.0]) if w[0] != w[1] else torch.tensor([1.0, 3.0])
+
+    def cos_after_step(objective):
+        L = L0.clone().requires_grad_(True)
+        objective(L).backward()
+        return cosine_penalty((L - 0.01 * L.grad).detach(), w)
+
+    before = cosine_penalty(L0, w)
+    assert cos_after_step(lambda L: -cosine_penalty(L, w)) > before
+    assert cos_after_step(lambda L: scalarize(L, w) - 20.0 * cosine_penalty(L, w)) > before
+    assert cos_after_step(lambda L: cosine_penalty(L, w)) < before
+    assert cos_after_step(lambda L: scalarize(L, w) + 20.0 * cosine_penalty(L, w)) < before
 
 
 # ------------------------------------------------------------------------------------------- Eq. 14 / 15
@@ -265,9 +292,9 @@ def test_modpo_guards_vanishing_weight():
 # ------------------------------------------------------------------------------------------- Dirichlet
 def test_sample_weights_moments_match_dirichlet():
     alpha = torch.tensor([0.3, 1.0, 2.5])
-    g = torch.Generator().manual_seed(0)
-    w = sample_weights(alpha, 200_000, generator=g).double()
-    assert w.shape == (200_000, 3) and (w >= 0).all()
+    w = sample_weights(alpha, 200_000, generator=0)
+    assert w.dtype == torch.float32 and w.shape == (200_000, 3) and (w >= 0).all()
+    w = w.double()
     torch.testing.assert_close(w.sum(-1), torch.ones(200_000), atol=1e-6, rtol=0)
     a0 = alpha.sum()
     mean = alpha / a0
@@ -280,51 +307,28 @@ def test_sample_weights_moments_match_dirichlet():
 
 
 def test_sample_weights_reproducible_and_tiny_alpha():
-    a = sample_weights([0.5, 0.5], 5, generator=torch.Generator().manual_seed(3))
-    b = sample_weights([0.5, 0.5], 5, generator=torch.Generator().manual_seed(3))
-    assert a.equal(b)
-    w = sample_weights([0.01, 0.01, 0.01], 1000, generator=torch.Generator().manual_seed(0))
+    assert sample_weights([0.5, 0.5], 5, generator=3).equal(sample_weights([0.5, 0.5], 5, generator=3))
+    assert sample_weights([0.5, 0.5], 5, np.random.default_rng(3)).equal(sample_weights([0.5, 0.5], 5, 3))
+    assert not sample_weights([0.5, 0.5], 5, generator=3).equal(sample_weights([0.5, 0.5], 5, generator=4))
+    w = sample_weights([0.01, 0.01, 0.01], 1000, generator=0)
     assert torch.isfinite(w).all() and (w.sum(-1) - 1).abs().max() < 1e-5
     assert (w.max(-1).values > 0.99).float().mean() > 0.9  # tiny alpha -> near the simplex corners
 
 
+def test_sample_weights_resume_continues_the_same_draws():
+    rng = np.random.default_rng(7)
+    sample_weights([0.5, 0.5], 3, rng)  # the steps before the checkpoint
+    state = json.loads(json.dumps(rng.bit_generator.state))  # what a checkpoint stores: plain Python values
+    uninterrupted = torch.cat([sample_weights([0.5, 0.5], 1, rng) for _ in range(4)])
+    resumed = np.random.default_rng()
+    resumed.bit_generator.state = state
+    assert torch.cat([sample_weights([0.5, 0.5], 1, resumed) for _ in range(4)]).equal(uninterrupted)
+
+
 # ------------------------------------------------------------------------------------------- bad input
-def test_bad_input_gives_clear_errors():
+def test_bad_labels_give_clear_errors():
     s, s0, labels, mask = random_lists(m=2)
-    with pytest.raises(ValueError, match="ref_scores must have the shape"):
-        lipo_loss(s, s0[:, :3], labels[..., 0], 1.0)
-    with pytest.raises(ValueError, match="labels must have shape"):
-        lipo_losses(s, s0, labels[..., 0], 1.0)
-    with pytest.raises(ValueError, match="mask must have shape"):
-        lipo_loss(s, s0, labels[..., 0], 1.0, mask[:, :2])
-    with pytest.raises(ValueError, match="beta must be > 0"):
-        lipo_loss(s, s0, labels[..., 0], 0.0)
-    with pytest.raises(ValueError, match="beta must be > 0"):
-        lipo_losses(s, s0, labels, [1.0, -1.0])
-    with pytest.raises(ValueError, match="beta must be a float"):
-        lipo_losses(s, s0, labels, [1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="beta must be a float"):
-        dpo_loss(s[:, 0], s[:, 1], s0[:, 0], s0[:, 1], torch.ones(6, 1))
     with pytest.raises(ValueError, match='labels must be >= 0 for label_norm="l1"'):
         lipo_loss(s, s0, -labels[..., 0] - 1, 1.0)
-    with pytest.raises(ValueError, match="label_norm must be one of"):
+    with pytest.raises(ValueError, match='label_norm must be "l1" or "softmax"'):
         lipo_loss(s, s0, labels[..., 0], 1.0, label_norm="l2")
-    with pytest.raises(ValueError, match="one string per objective"):
-        lipo_losses(s, s0, labels, 1.0, label_norm=["l1"])
-    L = torch.tensor([1.0, 2.0])
-    with pytest.raises(ValueError, match="w must have shape \\(2,\\)"):
-        scalarize(L, [0.2, 0.3, 0.5])
-    with pytest.raises(ValueError, match="simplex"):
-        scalarize(L, [0.6, 0.6])
-    with pytest.raises(ValueError, match="simplex"):
-        cosine_penalty(L, [1.5, -0.5])
-    with pytest.raises(ValueError, match="c must be > 0"):
-        rescale_temperature(s, s0, 0.0)
-    with pytest.raises(ValueError, match="beta must be > 0"):
-        compose_temperature(s, s0, torch.tensor([1.0, 0.0]))
-    with pytest.raises(ValueError, match="alpha must be"):
-        sample_weights([1.0, 0.0], 3)
-    with pytest.raises(ValueError, match="num must be"):
-        sample_weights([1.0, 1.0], 0)
-    with pytest.raises(ValueError, match="finite"):
-        lipo_loss(s, s0, labels[..., 0].masked_fill(mask, float("nan")), 1.0, mask)
