@@ -1,16 +1,12 @@
 """The networks of COS-DPO (paper Sec. 4): a weight-conditioned listwise ranker and Hyper Prompt Tuning.
 
-    RankerConfig, Ranker   Sec. 4.1 and App. A.6: a transformer encoder over the documents of one list
-                           (self-attention across the list, padding mask), an input projection and a
-                           per-document score head. The base model s0 (paper: 2 layers, width 128) has no
-                           extra input; the Weight-COS model (paper: 2 layers, width 64) gets the weight
-                           vector w concatenated to every document's features before the first layer, and
-                           the Temperature-COS model also gets beta_bar = beta / ||beta||_1 (Sec. 3.3).
-    HyperPrompt & co.      Sec. 4.2, Fig. 4: further below (LLM alignment).
+    Ranker          Sec. 4.1: a transformer over the documents of one list; the COS models also see w
+                    (and T-COS beta_bar = beta / ||beta||_1, Sec. 3.3) concatenated to every document.
+    steered_scores  post-training control of a trained ranker: any w, Eq. 14 (c) or Eq. 15 (beta).
+    load_checkpoint, TrainedRanker   a checkpoint loaded safely; a model.pt rebuilt from the file alone.
+    HyperPrompt & co.  Sec. 4.2, Fig. 4: further below (LLM alignment).
 
-The models only map inputs to scores (or log-probs); `losses.py` maps scores to losses. The
-temperature composition of Eq. 15 is applied to the scores with `losses.compose_temperature`.
-Everything here needs only torch (transformers is imported by the LLM code that needs it, lazily).
+The models map inputs to scores (or log-probs); `losses.py` maps scores to losses (and holds Eq. 14-15).
 """
 from __future__ import annotations
 
@@ -22,7 +18,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn as nn
 
-PARAMETRIZATIONS = ("scratch", "augment")
+from losses import compose_temperature, normalize_temperature, rescale_temperature
 
 
 @dataclass
@@ -31,23 +27,12 @@ class RankerConfig:
     num_features: int = 131       # MSLR-WEB10K: features 1..131 are the inputs (App. A.4)
     hidden: int = 64              # paper: 128 for the base model, 64 for the conditioned model
     layers: int = 2               # paper: 2 (depth 1-5 studied in App. A.6.2; T-COS uses 5, App. A.8)
-    heads: int = 4
+    heads: int = 4                # hidden must be a multiple of heads
     ff_mult: int = 2              # feed-forward width = ff_mult * hidden (not given in the paper)
     dropout: float = 0.0
     num_objectives: int = 0       # m: length of w fed to the network (0 = unconditioned, e.g. the base model)
     temperature_input: bool = False  # Temperature-COS: beta_bar (length m) is fed to the network too
     parametrization: str = "scratch"  # "scratch": s = net(y, w); "augment": s = s0(y) + net(y, w) (App. A.6.3)
-
-    def __post_init__(self):
-        if self.parametrization not in PARAMETRIZATIONS:
-            raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, got {self.parametrization!r}")
-        if self.temperature_input and self.num_objectives < 1:
-            raise ValueError("temperature_input needs num_objectives >= 1 (beta_bar has one entry per objective)")
-        for name in ("num_features", "hidden", "layers", "heads", "ff_mult"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
 
     @property
     def input_dim(self) -> int:
@@ -59,11 +44,8 @@ class RankerConfig:
 
 
 class Ranker(nn.Module):
-    """Listwise transformer ranker: features (B, n, d) -> scores (B, n).
-
-    Documents of one list attend to each other (padding masked out), so a document's score depends on its
-    list, as in allRank's context-aware rankers.
-    """
+    """Listwise transformer ranker: features (B, n, d) -> scores (B, n). Documents of one list attend to each
+    other (padding masked out), so a score depends on its list, as in allRank's context-aware rankers."""
 
     def __init__(self, config: RankerConfig):
         super().__init__()
@@ -78,37 +60,17 @@ class Ranker(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor, w: Optional[torch.Tensor] = None,
                 beta_bar: Optional[torch.Tensor] = None, ref_scores: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Scores s_theta(y, w | x) for every document; padded positions hold 0.
-
-        features: (B, n, num_features); mask: (B, n) bool, True = real document.
-        w: (m,) one weight for the batch, or (B, m) one per list (required iff num_objectives > 0).
-        beta_bar: (m,) or (B, m) normalised temperature (required iff temperature_input).
-        ref_scores: (B, n) frozen base scores s0 (required iff parametrization == "augment").
-        """
-        cfg = self.config
-        B, n, d = features.shape
-        if d != cfg.num_features or mask.shape != (B, n):
-            raise ValueError(f"features must be (B, n, {cfg.num_features}) with mask (B, n); "
-                             f"got {tuple(features.shape)} and {tuple(mask.shape)}")
-        inputs = [features]
-        for name, value, wanted in (("w", w, cfg.num_objectives > 0), ("beta_bar", beta_bar, cfg.temperature_input)):
-            if not wanted:
-                if value is not None:
-                    raise ValueError(f"this ranker takes no {name} (config: {cfg})")
-                continue
-            if value is None or value.shape not in ((cfg.num_objectives,), (B, cfg.num_objectives)):
-                raise ValueError(f"{name} must have shape ({cfg.num_objectives},) or ({B}, {cfg.num_objectives}), "
-                                 f"got {None if value is None else tuple(value.shape)}")
-            # the same conditioning vector is concatenated to every document of the list (Sec. 4.1)
-            inputs.append(value.to(features.dtype).expand(B, cfg.num_objectives)[:, None, :].expand(B, n, -1))
-        x = self.input(torch.cat(inputs, -1))  # (B, n, hidden)
-        x = self.encoder(x, src_key_padding_mask=~mask)  # (B, n, hidden); True in the key mask = ignore
+        """Scores s_theta(y, w | x) (B, n), 0 at padding. features: (B, n, num_features); mask: (B, n) bool,
+        True = real document; w, beta_bar: (m,) or (B, m), iff the config conditions on them; ref_scores: (B, n)
+        frozen base scores s0, iff parametrization == "augment"."""
+        B, n, _ = features.shape
+        # the same conditioning vectors are concatenated to every document of the list (Sec. 4.1)
+        cond = [v.to(features.dtype).expand(B, -1)[:, None, :].expand(B, n, -1) for v in (w, beta_bar) if v is not None]
+        x = torch.cat([features, *cond], -1)  # (B, n, input_dim)
+        assert x.shape[-1] == self.config.input_dim, f"got {x.shape[-1]} input columns for {self.config}"
+        x = self.encoder(self.input(x), src_key_padding_mask=~mask)  # (B, n, hidden); True in the key mask = ignore
         scores = self.head(self.norm(x)).squeeze(-1)  # (B, n)
-        if cfg.parametrization == "augment":
-            if ref_scores is None or ref_scores.shape != (B, n):
-                raise ValueError(f'parametrization="augment" needs ref_scores of shape ({B}, {n}) '
-                                 f"(the frozen base model's scores), got "
-                                 f"{None if ref_scores is None else tuple(ref_scores.shape)}")
+        if self.config.parametrization == "augment":
             scores = ref_scores + scores  # s = s0 + delta_s_theta(y, w), s0 frozen (App. A.6.3)
         return scores.masked_fill(~mask, 0.0)
 
@@ -116,6 +78,106 @@ class Ranker(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters (Table 1 "# Params.")."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def interpolate_states(states: Sequence[dict], w: Sequence[float]) -> dict:
+    """DPO Soup (App. A.1): theta_w = sum_j w_j theta_j, parameter by parameter; states: m dicts, same keys.
+    (LoRA's A and B are interpolated separately: the soup's B A is not the average of the updates.)"""
+    return {k: sum(float(wj) * s[k].float() for wj, s in zip(w, states)) for k in states[0]}
+
+
+def steered_scores(model: Ranker, features: torch.Tensor, mask: torch.Tensor, ref_scores: torch.Tensor, w=None,
+                   c: Optional[float] = None, beta=None) -> torch.Tensor:
+    """Scores (B, n) of a trained ranker at weight w (m,; unconditioned models ignore it), ref_scores (B, n) = s0.
+
+    W-COS and the baselines: Eq. 14 at temperature scale c (None = as trained); T-COS: the network sees
+    beta_bar and its output is composed with Eq. 15 at c * beta."""
+    cfg, device = model.config, features.device
+    w = torch.as_tensor(w, dtype=torch.float32, device=device) if cfg.num_objectives else None
+    if cfg.temperature_input:
+        beta = torch.as_tensor(beta, dtype=torch.float32, device=device) * (1.0 if c is None else c)
+        net = model(features, mask, w=w, beta_bar=normalize_temperature(beta), ref_scores=ref_scores)
+        return compose_temperature(net, ref_scores, beta)
+    scores = model(features, mask, w=w, ref_scores=ref_scores)
+    return scores if c is None else rescale_temperature(scores, ref_scores, c)
+
+
+def ranker_from(entry: dict, device: str = "cpu") -> Ranker:
+    """Rebuild a Ranker from a checkpoint entry {"model_config": dict, "model_state": state dict}, eval mode."""
+    model = Ranker(RankerConfig(**entry["model_config"]))
+    model.load_state_dict(entry["model_state"])
+    return model.to(device).eval()
+
+
+def resolve_device(name: str) -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; "cuda" without a GPU is refused."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for, but torch sees no CUDA device")
+    return name
+
+
+def load_checkpoint(path: str, kind: str) -> dict:
+    """A torch.save dict whose "kind" is `kind`, loaded with weights_only=True (tensors and plain values only);
+    a missing, truncated or foreign file gives one ValueError naming the file and what was expected."""
+    expected = f"expected a {kind!r} checkpoint (a torch.save dict)"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError):
+        raise ValueError(f"{path}: no such file; {expected}") from None
+    except Exception as err:  # truncated, not a torch file, or pickled objects that could run code
+        unsafe = "Weights only" in str(err)
+        what = "holds more than tensors and plain values" if unsafe else "is truncated or not a torch.save file"
+        raise ValueError(f"{path}: cannot be read, it {what} ({type(err).__name__}); {expected}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
+        found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path}: {expected}, found {found!r}")
+    return ckpt
+
+
+class TrainedRanker:
+    """A train_ltr.py model.pt rebuilt from the checkpoint dict alone: base s0, the method's model(s), controls.
+
+    W-COS and T-COS serve every w with one model, a Soup interpolates its unit models at any w, DPO-LS and
+    MO-DPO have one model per evaluation weight (ckpt["weights"]). A batch: .features (B, n, d), .mask (B, n).
+    """
+
+    def __init__(self, ckpt: dict, device: str = "cpu"):
+        self.ckpt, self.device = ckpt, device
+        self.method, self.objectives, self.weights = ckpt["method"], ckpt["objectives"], ckpt["weights"]
+        cfg = ckpt["run_config"]
+        self.beta, self.max_docs, self.label_transform = cfg["beta"], cfg["max_docs"], cfg["label_transform"]
+        self.base = ranker_from(ckpt["base"], device)
+        self.models = [ranker_from(job, device) for job in ckpt["jobs"]]
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> "TrainedRanker":
+        ckpt = load_checkpoint(path, "cosdpo-ltr")
+        if not ckpt["complete"]:
+            raise ValueError(f"{path} is from an unfinished run; finish it with --resume first")
+        return cls(ckpt, device)
+
+    def model_at(self, w) -> Ranker:
+        """The ranker that serves weight w for this method."""
+        if self.method in ("wcos", "tcos"):
+            return self.models[0]
+        if self.method == "soup":  # theta_w = sum_j w_j theta_j (Rame et al. 2024), no retraining
+            soup = Ranker(self.models[0].config)
+            soup.load_state_dict(interpolate_states([mdl.state_dict() for mdl in self.models], w))
+            return soup.to(self.device).eval()
+        for job, mdl in zip(self.ckpt["jobs"], self.models):  # DPO-LS, MO-DPO: the model trained at w
+            if not job["name"].startswith("unit") and max(abs(a - b) for a, b in zip(job["fixed_w"], w)) <= 1e-6:
+                return mdl
+        raise ValueError(f"--method {self.method} has one model per evaluation weight; w={list(w)} is not one "
+                         f"of them: {self.weights}")
+
+    @torch.no_grad()
+    def scores(self, batch, w, ref: Optional[torch.Tensor] = None, c: Optional[float] = None, beta=None) -> torch.Tensor:
+        """(B, n) scores at weight w; ref: (B, n) base scores s0 (computed when None); c: Eq. 14; beta: T-COS, Eq. 15."""
+        features, mask = batch.features.to(self.device), batch.mask.to(self.device)
+        ref = self.base(features, mask) if ref is None else ref.to(self.device)
+        return steered_scores(self.model_at(w), features, mask, ref, w, c, self.beta if beta is None else beta)
 
 
 # ==== LLM: Hyper Prompt Tuning, LoRA and sequence log-probs (Sec. 4.2) ====
@@ -402,18 +464,3 @@ def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
 def trainable_state(model: nn.Module) -> dict:
     """{name: tensor} of the trainable parameters only (prefix, HPT MLPs, LoRA): small, CPU copies."""
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def interpolate_states(states: Sequence[dict], w: Sequence[float]) -> dict:
-    """DPO Soup (App. A.1): theta_w = sum_j w_j theta_j, parameter by parameter.
-
-    states: m dicts with the same keys (e.g. `trainable_state` of the m unit-weight models); w: m weights.
-    Note for LoRA: A and B are interpolated separately (a soup of parameters), so the update B A of the soup
-    is not the average of the updates; that is what interpolating adapter weights means.
-    """
-    if len(states) != len(w) or not states:
-        raise ValueError(f"need one weight per state, got {len(w)} weights for {len(states)} states")
-    keys = set(states[0])
-    if any(set(s) != keys for s in states):
-        raise ValueError("all states must hold the same parameter names")
-    return {k: sum(float(wj) * s[k].float() for wj, s in zip(w, states)) for k in states[0]}

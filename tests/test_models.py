@@ -1,8 +1,10 @@
-"""Tests for the ranker in models.py: padding, list equivariance, conditioning on w and beta_bar, augmentation."""
+"""Tests for the ranking part of models.py: padding, list equivariance, conditioning on w and beta_bar,
+augmentation, post-training control (Eq. 14-15), checkpoint loading."""
 import pytest
 import torch
 
-from models import Ranker, RankerConfig, count_parameters
+from models import (Ranker, RankerConfig, count_parameters, interpolate_states, load_checkpoint,
+                    resolve_device, steered_scores)
 
 
 def tiny(**kw):
@@ -83,24 +85,55 @@ def test_augment_adds_the_frozen_base_scores():
     torch.testing.assert_close(model(x, mask, w=w, ref_scores=ref)[mask], (ref + delta)[mask])
 
 
-def test_bad_input():
-    with pytest.raises(ValueError, match="parametrization"):
-        RankerConfig(parametrization="hyper")
-    with pytest.raises(ValueError, match="temperature_input needs"):
-        RankerConfig(temperature_input=True)
-    with pytest.raises(ValueError, match="divisible"):
-        RankerConfig(hidden=10, heads=4)
+def test_conditioning_inputs_must_match_the_config():
+    """The one check left in Ranker.forward: the conditioning inputs given are the ones the config asks for."""
     x, mask = batch()
-    with pytest.raises(ValueError, match="w must have shape"):
-        tiny(num_objectives=2)(x, mask)
-    with pytest.raises(ValueError, match="w must have shape"):
-        tiny(num_objectives=2)(x, mask, w=torch.ones(3))
-    with pytest.raises(ValueError, match="takes no w"):
-        tiny()(x, mask, w=torch.ones(2) / 2)
-    with pytest.raises(ValueError, match="features must be"):
-        tiny()(x[..., :4], mask)
-    with pytest.raises(ValueError, match="augment"):
-        tiny(num_objectives=1, parametrization="augment")(x, mask, w=torch.ones(1))
+    with pytest.raises(AssertionError):
+        tiny(num_objectives=2)(x, mask)  # w missing
+    with pytest.raises(AssertionError):
+        tiny(num_objectives=2)(x, mask, w=torch.ones(3))  # w of the wrong length
+    with pytest.raises(AssertionError):
+        tiny()(x, mask, w=torch.ones(2) / 2)  # an unconditioned model given w
+
+
+def test_interpolate_states_is_the_weighted_sum():
+    a, b = {"p": torch.tensor([1.0, 2.0])}, {"p": torch.tensor([3.0, 6.0])}
+    torch.testing.assert_close(interpolate_states([a, b], [0.25, 0.75])["p"], torch.tensor([2.5, 5.0]))
+
+
+def test_steered_scores_follow_eq_14_and_15():
+    x, mask = batch()
+    ref = torch.randn(3, 6).masked_fill(~mask, 0.0)
+    model = tiny(num_objectives=2)
+    w = [0.3, 0.7]
+    s = steered_scores(model, x, mask, ref, w)
+    torch.testing.assert_close(steered_scores(model, x, mask, ref, w, c=2.0), 0.5 * ref + 0.5 * s)  # Eq. 14
+    tcos = tiny(num_objectives=2, temperature_input=True, parametrization="augment")
+    net = tcos(x, mask, w=torch.tensor(w), beta_bar=torch.tensor([0.25, 0.75]), ref_scores=ref)
+    torch.testing.assert_close(steered_scores(tcos, x, mask, ref, w, beta=[0.5, 1.5]), net / 2 + ref / 2)  # Eq. 15
+
+
+def test_load_checkpoint_gives_one_line_errors(tmp_path):
+    good = tmp_path / "model.pt"
+    torch.save({"kind": "cosdpo-ltr", "x": torch.ones(100)}, good)
+    assert load_checkpoint(str(good), "cosdpo-ltr")["kind"] == "cosdpo-ltr"
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:200])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"kind": "something else"}, foreign)
+    for path, message in ((truncated, "cannot be read"), (tmp_path / "missing.pt", "no such file"),
+                          (foreign, "found 'something else'"), (good, "expected a 'cosdpo-ltr-base' checkpoint")):
+        with pytest.raises(ValueError, match=message) as err:
+            load_checkpoint(str(path), "cosdpo-ltr-base" if path == good else "cosdpo-ltr")
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
 
 
 def test_parameter_count():
