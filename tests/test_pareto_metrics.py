@@ -124,27 +124,6 @@ def test_ndcg_returns_the_kind_it_was_given():
     assert isinstance(out_mix, torch.Tensor) and out_mix.item() == pytest.approx(out_np[0])
 
 
-def test_ndcg_bad_input_raises():
-    s, g = np.zeros((2, 3)), np.ones((2, 3))
-    with pytest.raises(ValueError, match="scores"):
-        ndcg_at_k(np.zeros(3), np.ones(3))                            # 1-D: not a batch
-    with pytest.raises(ValueError, match="gains"):
-        ndcg_at_k(s, np.ones((2, 4)))
-    with pytest.raises(ValueError, match="mask"):
-        ndcg_at_k(s, g, mask=np.ones((2, 3)))                          # not bool
-    with pytest.raises(ValueError, match="mask"):
-        ndcg_at_k(s, g, mask=np.ones((2, 2), dtype=bool))
-    for bad_k in (0, -1, 2.0, True):
-        with pytest.raises(ValueError, match="k must"):
-            ndcg_at_k(s, g, k=bad_k)
-    with pytest.raises(ValueError, match="ties"):
-        ndcg_at_k(s, g, ties="random")
-    with pytest.raises(ValueError, match="gains"):
-        ndcg_at_k(s, -g)                                               # negative linear gains
-    with pytest.raises(ValueError, match="scores"):
-        ndcg_at_k(np.full((2, 3), np.nan), g)
-
-
 # ---------------------------------------------------------------- ndcg_at_k: vectorised vs naive
 
 def naive_ndcg(scores, gains, length, k, ties, idcg_zero):
@@ -222,10 +201,6 @@ def test_non_dominated_matches_naive_loop_and_kinds():
     out_t = non_dominated(torch.tensor(pts))
     assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.bool
     np.testing.assert_array_equal(out_t.numpy(), naive)
-    with pytest.raises(ValueError, match="points"):
-        non_dominated([1.0, 2.0])
-    with pytest.raises(ValueError, match="points"):
-        non_dominated([[1.0, np.nan]])
 
 
 # ---------------------------------------------------------------- hypervolume: hand computations
@@ -281,23 +256,13 @@ def test_hypervolume_accepts_torch_and_minimise_mirrors_maximise():
     assert mine > 0
 
 
-def test_hypervolume_bad_input_raises():
-    with pytest.raises(ValueError, match="ref"):
+def test_hypervolume_without_a_point_dominating_ref_raises():
+    with pytest.raises(ValueError, match="reference point"):
         hypervolume([[1.0, -1.0], [-1.0, 1.0]], [0.0, 0.0])           # no point dominates ref
-    with pytest.raises(ValueError, match="ref"):
+    with pytest.raises(ValueError, match="reference point"):
         hypervolume([[0.5, 0.5]], [1.1, 1.1], maximize=True)         # wrong direction
-    with pytest.raises(ValueError, match="ref"):
+    with pytest.raises(ValueError, match="reference point"):
         hypervolume(np.zeros((0, 2)), [0.0, 0.0])                    # empty front
-    with pytest.raises(ValueError, match="ref"):
-        hypervolume([[1.0, 2.0]], [0.0, 0.0, 0.0])                   # shape mismatch
-    with pytest.raises(ValueError, match="ref"):
-        hypervolume([[1.0, 2.0]], [0.0, np.inf])
-    with pytest.raises(ValueError, match="points"):
-        hypervolume([[1.0, np.nan]], [0.0, 0.0])
-    with pytest.raises(ValueError, match="points"):
-        hypervolume([[1.0, np.inf]], [0.0, 0.0])
-    with pytest.raises(ValueError, match="points"):
-        hypervolume([1.0, 2.0], [0.0, 0.0])                          # 1-D points
 
 
 # ---------------------------------------------------------------- hypervolume: brute force, Monte Carlo
@@ -367,23 +332,27 @@ def test_weight_grid_m5_fixed_set():
     np.testing.assert_array_equal(weight_grid(5, num=8), w[:8])    # a smaller grid is a prefix
 
 
-def test_weight_grid_m1_and_bad_input():
-    assert weight_grid(1, num=1).tolist() == [[1.0]]
-    for kwargs, name in [(dict(m=0), "m"), (dict(m=2.0), "m"), (dict(m=3, num=0), "num"),
-                         (dict(m=1), "num"), (dict(m=2, num=1), "num"), (dict(m=5, num=5), "num")]:
-        with pytest.raises(ValueError, match=name):
+def test_weight_grid_m1_and_too_few_weights():
+    assert weight_grid(1, num=1).tolist() == weight_grid(1).tolist() == [[1.0]]  # the simplex is one point
+    for kwargs in (dict(m=2, num=1), dict(m=5, num=5), dict(m=3, num=0)):   # end points / e_j and centroid
+        with pytest.raises(ValueError, match="num must be at least"):
             weight_grid(**kwargs)
 
 
 # ---------------------------------------------------------------- module hygiene
 
-def test_pareto_imports_only_numpy_and_torch_at_module_level():
+def test_pareto_imports_no_training_script_and_matplotlib_only_to_plot():
+    """One-way imports: pareto sits below train_ltr / train_llm; importing it stays light."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pareto.py")
     tree = ast.parse(open(path).read())
-    names = set()
-    for node in tree.body:                                         # top-level statements only
-        if isinstance(node, ast.Import):
-            names.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            names.add(node.module.split(".")[0])
-    assert names <= {"numpy", "torch"}, names
+    def imported(nodes):
+        names = set()
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                names.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                names.add(node.module.split(".")[0])
+        return names
+    assert not imported(ast.walk(tree)) & {"train_ltr", "train_llm"}
+    assert imported(tree.body) <= {"argparse", "csv", "itertools", "json", "os", "sys", "numpy", "torch", "data",
+                                   "models", "losses"}, imported(tree.body)
