@@ -13,6 +13,7 @@ import torch
 import data as data_lib
 import pareto
 import train_ltr
+from models import TrainedRanker, ranker_from
 
 TINY = ["--epochs", "3", "--base-epochs", "2", "--hidden", "16", "--base-hidden", "16", "--layers", "1",
         "--base-layers", "1", "--max-docs", "1024", "--log-every", "5", "--eval-every", "1", "--quiet", "--threads", "1"]
@@ -39,6 +40,15 @@ def small_data(tmp_path_factory):
 def run(args):
     """train_ltr.main in-process; returns its exit code."""
     return train_ltr.main([str(a) for a in args])
+
+
+def scores_of(trained, split, w, c=None, beta=None):
+    """(N,) scores of a TrainedRanker on every document of a split (as `rank` writes them)."""
+    return pareto.score_split(lambda b: trained.scores(b, w, c=c, beta=beta), split)
+
+
+def base_scores_of(trained, split):
+    return pareto.score_split(lambda b: trained.base(b.features, b.mask), split)
 
 
 def results_of(out):
@@ -69,10 +79,10 @@ def test_wcos_run_writes_the_promised_outputs(wcos_run):
     assert np.array(res["weights"]).shape == (11, 2) and np.array(res["aux_ndcg"]).shape == (11, 2)
     assert len(res["main_ndcg"]) == 11
     assert res["hypervolume"] == pytest.approx(pareto.hypervolume(np.array(res["aux_ndcg"]), [0, 0]))
-    ckpt = torch.load(os.path.join(wcos_run, "model.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(wcos_run, "model.pt"), weights_only=True)  # tensors and plain values only
     for key in ("base", "jobs", "run_config", "norm_stats", "objectives", "data_fingerprint", "weights"):
         assert key in ckpt, key
-    base = torch.load(os.path.join(wcos_run, "base.pt"), weights_only=False)
+    base = torch.load(os.path.join(wcos_run, "base.pt"), weights_only=True)
     for key in ("model_state", "model_config", "run_config", "norm_stats", "objectives", "data_fingerprint"):
         assert key in base, key
     assert base["data_fingerprint"] == ckpt["data_fingerprint"] == res["data_fingerprint"]
@@ -93,17 +103,19 @@ def test_conditioning_is_real(wcos_run):
 
 def test_post_training_control_from_the_checkpoint_alone(wcos_run, small_data):
     """Eq. 14 on the saved model: scores at scale c are (1 - 1/c) s0 + s / c; c -> large returns to s0."""
-    trained = train_ltr.TrainedRanker.load(os.path.join(wcos_run, "model.pt"))
-    splits, _ = data_lib.load_ltr(small_data, 1, trained.objectives)
-    test = splits["test"]
+    trained = TrainedRanker.load(os.path.join(wcos_run, "model.pt"))
+    test = pareto.checkpoint_splits(trained, "model.pt")["test"]
     w = [0.3, 0.7]
-    s, s0 = trained.score_split(test, w), trained.ref_scores(test)
-    torch.testing.assert_close(trained.score_split(test, w, c=2.0), 0.5 * s0 + 0.5 * s, rtol=1e-5, atol=1e-5)
-    far_aux, far_main = train_ltr.split_ndcg(trained.score_split(test, w, c=1e6), test)
-    base_aux, base_main = train_ltr.split_ndcg(s0, test)
+    s, s0 = scores_of(trained, test, w), base_scores_of(trained, test)
+    torch.testing.assert_close(scores_of(trained, test, w, c=2.0), 0.5 * s0 + 0.5 * s, rtol=1e-5, atol=1e-5)
+    far_aux, far_main = pareto.split_ndcg(scores_of(trained, test, w, c=1e6), test)
+    base_aux, base_main = pareto.split_ndcg(s0, test)
     assert far_aux + [far_main] == pytest.approx(base_aux + [base_main], abs=1e-3)
     # different w, different scores
-    assert not torch.allclose(trained.score_split(test, [1.0, 0.0]), trained.score_split(test, [0.0, 1.0]))
+    assert not torch.allclose(scores_of(trained, test, [1.0, 0.0]), scores_of(trained, test, [0.0, 1.0]))
+    # pareto.evaluate at the evaluation weights reproduces results.json
+    res = pareto.evaluate(trained, test, trained.weights)
+    np.testing.assert_allclose(res["aux_ndcg"], results_of(wcos_run)["aux_ndcg"], atol=1e-6)
 
 
 def test_eval_and_rank_subcommands(wcos_run, small_data, tmp_path, capsys):
@@ -117,9 +129,9 @@ def test_eval_and_rank_subcommands(wcos_run, small_data, tmp_path, capsys):
     with open(test_file) as f:
         assert len(scores) == sum(1 for _ in f)
     # the file's scores are the model's scores of the test split, in file order
-    trained = train_ltr.TrainedRanker.load(ckpt)
+    trained = TrainedRanker.load(ckpt)
     splits, _ = data_lib.load_ltr(small_data, 1, trained.objectives)
-    np.testing.assert_allclose(scores, trained.score_split(splits["test"], [0.2, 0.8]).numpy(), atol=2e-6)
+    np.testing.assert_allclose(scores, scores_of(trained, splits["test"], [0.2, 0.8]).numpy(), atol=2e-6)
     # bad controls say what is accepted
     assert run(["rank", ckpt, test_file, "--w", "0.5,0.6"]) == 2
     assert "summing to 1" in capsys.readouterr().err
@@ -169,13 +181,13 @@ def test_tcos_run_and_beta_fronts(tiny_data, tmp_path):
     res = results_of(out)
     assert res["method"] == "tcos" and res["config"]["parametrization"] == "augment"
     assert epoch_losses(out, "tcos")[-1] < epoch_losses(out, "tcos")[0]
-    trained = train_ltr.TrainedRanker.load(os.path.join(out, "model.pt"))
+    trained = TrainedRanker.load(os.path.join(out, "model.pt"))
     splits, _ = data_lib.load_ltr(tiny_data, 1, trained.objectives)
     test = splits["test"]
     # Eq. 15 with ||beta||_1 = 1 leaves the network's output; a larger beta moves it towards s0
-    s_small = trained.score_split(test, [0.5, 0.5], beta=[0.5, 0.5])
-    s_big = trained.score_split(test, [0.5, 0.5], beta=[50.0, 50.0])
-    s0 = trained.ref_scores(test)
+    s_small = scores_of(trained, test, [0.5, 0.5], beta=[0.5, 0.5])
+    s_big = scores_of(trained, test, [0.5, 0.5], beta=[50.0, 50.0])
+    s0 = base_scores_of(trained, test)
     assert (s_big - s0).abs().max() < 0.05 * (s_small - s0).abs().max()
     png = tmp_path / "betas.png"
     assert pareto.main([out, "--betas", "0.9,0.9;1.1,0.9", "--out", str(png)]) == 0
@@ -187,7 +199,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     tiny1 = TINY.copy()
     tiny1[1] = "1"
     assert run(["--data-dir", tiny_data, "--out", out] + tiny1) == 0
-    good = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+    good = torch.load(os.path.join(out, "model.pt"), weights_only=True)
     real_step_loss = train_ltr.step_loss
 
     def poisoned(*a, **k):
@@ -196,7 +208,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     monkeypatch.setattr(train_ltr, "step_loss", poisoned)
     assert run(["--data-dir", tiny_data, "--out", out, "--resume"] + TINY) == 1
     assert "loss became nan" in capsys.readouterr().err
-    kept = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+    kept = torch.load(os.path.join(out, "model.pt"), weights_only=True)
     assert kept["jobs"][0]["epoch"] == 1
     for k, v in good["jobs"][0]["model_state"].items():
         assert torch.equal(v, kept["jobs"][0]["model_state"][k])
@@ -206,7 +218,7 @@ def test_bad_arguments_say_what_is_accepted(tiny_data, tmp_path, capsys):
     base = ["--data-dir", tiny_data, "--out", str(tmp_path / "x")] + TINY
     for extra, message in ((["--objectives", "I,VI"], "accepted"), (["--alpha", "0"], "--alpha must be > 0"),
                            (["--beta", "-1"], "--beta must be > 0"), (["--beta", "1,2,3"], "one per objective"),
-                           (["--alpha", "a"], "--alpha must be a number")):
+                           (["--alpha", "a"], "--alpha must be a number"), (["--hidden", "10"], "multiple of 4")):
         assert run(base + extra) == 2, extra
         assert message in capsys.readouterr().err, extra
 
@@ -218,8 +230,33 @@ def test_checkpoint_from_other_data_or_objectives_is_refused(tiny_data, small_da
     assert "objectives" in capsys.readouterr().err
     assert run(["--data-dir", small_data, "--out", out, "--resume"] + TINY) == 2
     assert "other data" in capsys.readouterr().err
+    assert run(["--data-dir", tiny_data, "--out", out, "--resume", "--label-transform", "log1p-zscore"] + TINY) == 2
+    assert "label transform is 'none' but this run asks for 'log1p-zscore'" in capsys.readouterr().err
     assert run(["eval", os.path.join(wcos_run, "model.pt"), "--data-dir", tiny_data]) == 2
     assert "other data" in capsys.readouterr().err
+
+
+def test_truncated_or_missing_checkpoint_gives_a_one_line_error(wcos_run, tmp_path, capsys):
+    truncated = tmp_path / "model.pt"
+    truncated.write_bytes(open(os.path.join(wcos_run, "model.pt"), "rb").read()[:5000])
+    for path, message in ((truncated, "truncated"), (tmp_path / "missing.pt", "no such file")):
+        assert run(["eval", path]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}") and message in err and err.count("\n") == 1, err
+
+
+def test_label_transform_defaults_to_the_papers_raw_labels_and_is_stored(tiny_data, wcos_run, tmp_path):
+    """Issue 10: Eq. 8 sees the raw labels unless --label-transform asks otherwise; the choice is recorded."""
+    assert results_of(wcos_run)["label_transform"] == "none"
+    assert torch.load(os.path.join(wcos_run, "model.pt"), weights_only=True)["run_config"]["label_transform"] == "none"
+    out = str(tmp_path / "log1p")
+    tiny1 = TINY.copy()
+    tiny1[1] = "1"
+    assert run(["--data-dir", tiny_data, "--out", out, "--label-transform", "log1p-zscore"] + tiny1) == 0
+    assert results_of(out)["label_transform"] == "log1p-zscore"
+    trained = TrainedRanker.load(os.path.join(out, "model.pt"))
+    assert trained.label_transform == trained.ckpt["norm_stats"]["label_transform"] == "log1p-zscore"
+    assert run(["eval", os.path.join(out, "model.pt"), "--w", "0.5,0.5"]) == 0
 
 
 # --------------------------------------------------------------------------------------------- baselines
@@ -230,16 +267,14 @@ def test_baselines_tiny_runs(method, num_models, tiny_data, tmp_path, capsys):
     tiny2[1] = "2"
     assert run(["--data-dir", tiny_data, "--out", out, "--method", method] + tiny2) == 0
     res = results_of(out)
-    ckpt = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(out, "model.pt"), weights_only=True)
     assert res["method"] == method and len(ckpt["jobs"]) == num_models
     assert np.array(res["aux_ndcg"]).shape == (11, 2)
-    single = train_ltr.count_parameters(train_ltr.model_from(ckpt["jobs"][0]))
+    single = train_ltr.count_parameters(ranker_from(ckpt["jobs"][0]))
     assert res["num_params"] == num_models * single  # Table 1 counts every model a method keeps
     assert res["train_seconds"] == pytest.approx(sum(j["seconds"] for j in ckpt["jobs"]))
     assert all(j["epoch"] == 2 for j in ckpt["jobs"])  # the same per-model budget for every model
-    trained = train_ltr.TrainedRanker.load(os.path.join(out, "model.pt"))
-    with pytest.raises(ValueError, match="summing to 1"):
-        trained.model_at([0.5, 0.6])
+    trained = TrainedRanker.load(os.path.join(out, "model.pt"))
     if method == "soup":  # theta_w = w_1 theta_1 + w_2 theta_2, at any w
         soup = trained.model_at([0.25, 0.75]).state_dict()
         k = "head.weight"
@@ -272,6 +307,31 @@ def test_one_w_per_list_variant(tiny_data, tmp_path, monkeypatch):
     args.w_per_list = True
     per_list, _ = train_ltr.step_loss(args, model, batch, ref, job, None)
     torch.testing.assert_close(per_list, per_step)
+
+
+def test_penalty_sign_in_training(tiny_data, monkeypatch):
+    """Issue 10: COS-DPO with --penalty lambda > 0 minimises L_w - lambda * cos(w, L) (the paper's intent and
+    COSMOS); a negative lambda gives the sign printed in Eq. 18. The baselines ignore the penalty."""
+    splits, _ = data_lib.load_ltr(tiny_data, 1, ("I", "II"))
+    batch = data_lib.make_batches(splits["train"], 1024)[0]
+    torch.manual_seed(0)
+    model = train_ltr.Ranker(train_ltr.RankerConfig(hidden=8, layers=1, heads=2, num_objectives=2))
+    ref = torch.randn(batch.mask.shape)
+    w = torch.tensor([0.3, 0.7])
+    monkeypatch.setattr(train_ltr, "sample_weights", lambda alpha, num, generator: w.expand(num, 2))
+    job = train_ltr.Job("wcos", model.config)
+
+    def loss_at(penalty, job=job):
+        args = train_ltr.resolve_args(train_ltr.build_parser().parse_args(["--data-dir", tiny_data]))
+        args.penalty = penalty
+        return train_ltr.step_loss(args, model, batch, ref, job, None)
+    plain, L = loss_at(0.0)
+    cos = (w @ L) / (w.norm() * L.norm())
+    torch.testing.assert_close(plain, w @ L)
+    torch.testing.assert_close(loss_at(0.2)[0], w @ L - 0.2 * cos)
+    torch.testing.assert_close(loss_at(-0.2)[0], w @ L + 0.2 * cos)
+    unit = train_ltr.Job("unit1", model.config, fixed_w=[0.3, 0.7])  # a baseline's model: no penalty
+    torch.testing.assert_close(loss_at(0.2, unit)[0], plain)
 
 
 def test_penalty_is_for_cos_dpo_only_and_betas_for_tcos_only(tiny_data, tmp_path, wcos_run, capsys):
