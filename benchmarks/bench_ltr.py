@@ -67,7 +67,7 @@ def main():
     job = train_ltr.Job("wcos", RankerConfig(num_objectives=m))
     model = Ranker(job.config)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)  # the w draws, as train_ltr.seeded
     ref = torch.randn(split.num_docs)  # the frozen base scores, computed once in train_ltr
 
     def epoch(seed):
@@ -76,7 +76,7 @@ def main():
         t_batches = time.perf_counter() - t0
         docs = 0
         for batch in batches:
-            loss, _ = train_ltr.step_loss(ns, model, batch, ref[batch.index], job, gen)
+            loss, _ = train_ltr.step_loss(ns, model, batch, ref[batch.index], job, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -97,7 +97,7 @@ def main():
     ref_b = ref[batch.index]
 
     def wcos_step():
-        loss, _ = train_ltr.step_loss(ns, model, batch, ref_b, job, gen)
+        loss, _ = train_ltr.step_loss(ns, model, batch, ref_b, job, rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

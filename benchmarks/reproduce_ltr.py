@@ -6,6 +6,7 @@ Run from the repository root (about 10-15 minutes on a 2-core CPU with the embed
     python benchmarks/reproduce_ltr.py --dataset mslr --data-dir PATH   # the same on MSLR-WEB10K (hours)
     python benchmarks/reproduce_ltr.py --parts compare --seed 1 --out runs/paper_seed1   # another seed
     python benchmarks/reproduce_ltr.py --summarize runs/paper,runs/paper_seed1           # mean +/- std
+    python benchmarks/reproduce_ltr.py --parts compare --label-transform log1p-zscore --out runs/paper_log1p
 
 Parts (each writes its runs, figures and a Markdown table under --out; RESULTS.md collects the tables):
   compare  DPO-LS, DPO Soup, MO-DPO and W-COS-DPO with the same base model, data, evaluation weights and
@@ -159,6 +160,8 @@ def main():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--epochs", type=int, default=None, help="per-model epochs (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label-transform", default="none", help="auxiliary labels before Eq. 8 (train_ltr.py's option; "
+                   "none = the paper's raw labels)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--summarize", default=None, help="only print mean +/- std over finished compare runs, "
                    "e.g. runs/paper,runs/paper_seed1,runs/paper_seed2")
@@ -170,6 +173,7 @@ def main():
     # one base model for every run: trained by the first run, reused by the others (--base)
     common = ["--dataset", args.dataset, "--seed", str(args.seed), "--base", os.path.join(args.out, "base.pt"),
               "--quiet", "--log-every", "1000000", "--eval-every", "1000000"]
+    common += ["--label-transform", args.label_transform]
     common += ["--data-dir", args.data_dir] if args.data_dir else []
     common += ["--epochs", str(args.epochs)] if args.epochs else []
     common += ["--threads", str(args.threads)] if args.threads else []
