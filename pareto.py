@@ -77,6 +77,8 @@ def _dominated(pts):
 
 def _unique_front(q):
     """Non-dominated rows of q (larger = better), exact duplicates kept once."""
+    if len(q) < 2:  # the recursion's many tiny sets: nothing to filter
+        return q
     ge = np.all(q[None, :, :] >= q[:, None, :], axis=2)  # (P, P) as in _dominated
     repeat = np.any(np.tril(ge & ge.T, -1), axis=1)  # equal to an earlier row
     return q[~(np.any(ge & ~ge.T, axis=1) | repeat)]
