@@ -1,11 +1,8 @@
-"""Data for COS-DPO (Ren et al., UAI 2025, App. A.4): MSLR-WEB10K ranking lists with an embedded synthetic
-twin in the same text format, and LLM preference pairs (PKU-SafeRLHF JSON lines) with an embedded set.
+"""Data for COS-DPO (Ren et al., UAI 2025, App. A.4): MSLR-WEB10K ranking lists with an embedded synthetic twin
+in the same text format, and LLM preference pairs (PKU-SafeRLHF JSON lines) with an embedded set.
+MSLR-WEB10K holds one document per line, ``label qid:Q 1:v1 ... 136:v136``, in ``Fold{1..5}/{train,vali,test}.txt``;
+the model sees features 1-131, the main objective is the 0-4 relevance, the auxiliary ones the last five columns.
 
-MSLR-WEB10K has one document per line, ``label qid:Q 1:v1 ... 136:v136``, in ``Fold{1..5}/{train,vali,test}.txt``.
-As in the paper the model sees features 1-131, the main objective is the 0-4 relevance label and the
-auxiliary objectives are the last five columns (``OBJECTIVES``).
-
-Run:
     python data.py synthetic --out data/synthetic [--seed 0]   # write the embedded dataset
     python data.py stats DIR [--fold 1]                        # queries, documents, lengths, labels
     python data.py preferences --out FILE.jsonl                # write the embedded preference set
@@ -21,28 +18,26 @@ import random
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-NUM_COLUMNS = 136  # MSLR feature columns
-NUM_INPUTS = 131  # model inputs: features 1..131 only (App. A.4)
-MSLR_URL = "https://www.microsoft.com/en-us/research/project/mslr/"
+NUM_COLUMNS, NUM_INPUTS = 136, 131  # MSLR feature columns; model inputs are features 1..131 (App. A.4)
 SPLITS = ("train", "vali", "test")
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SYNTHETIC_DIR = "data/synthetic"  # relative to the repository root (gitignored)
-GET_DATA = (f"To use MSLR-WEB10K, download MSLR-WEB10K.zip from {MSLR_URL} and unzip it so that DIR/Fold1/"
-            f"train.txt, vali.txt and test.txt exist, then pass DIR as the data directory. For the embedded "
-            f"synthetic data run `python data.py synthetic --out DIR`.")
+MSLR_URL = "https://www.microsoft.com/en-us/research/project/mslr/"
+GET_DATA = (f"To use MSLR-WEB10K, download MSLR-WEB10K.zip from {MSLR_URL} and unzip it so that DIR/Fold1/train.txt, "
+            f"vali.txt and test.txt exist, then pass DIR. For the embedded data run `python data.py synthetic --out DIR`.")
 
 
-# ---- shared helpers: atomic writes, command-line lists -----------------------------------------------------
+# ---- shared helpers: atomic writes, command-line lists ---------------------------------------------------------
 @contextlib.contextmanager
 def _atomic_open(path: str):
-    """A binary file that becomes ``path`` only when complete (written beside it, fsynced, os.replace'd:
+    """A binary file that becomes ``path`` only when complete (written beside it, fsynced, then os.replace'd, so
     readers see the old file or the whole new one); removed on any error."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
@@ -51,10 +46,9 @@ def _atomic_open(path: str):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)  # still there only after an error
 
 
 def atomic_save(obj, path) -> None:
@@ -75,9 +69,8 @@ def parse_floats(text, name: str, m: int | None = None, positive: bool = True) -
         values = [float(v) for v in str(text).split(",")]
     except ValueError:
         raise ValueError(f"--{name} must be a number or {m or 'several'} comma-separated numbers, got {text!r}") from None
-    if m is not None and len(values) == 1:
-        values = values * m
-    if m is not None and len(values) != m:
+    values = values * m if m and len(values) == 1 else values
+    if m and len(values) != m:
         raise ValueError(f"--{name} must be one number or {m} (one per objective), got {len(values)}: {text!r}")
     if not all(math.isfinite(v) for v in values) or (positive and any(v <= 0 for v in values)):
         raise ValueError(f"--{name} must be {'> 0 and ' if positive else ''}finite, got {text!r}")
@@ -93,7 +86,7 @@ def parse_weight(text, m: int, name: str = "w") -> list[float]:
     return w
 
 
-# ---- objectives ---------------------------------------------------------------------------------------------
+# ---- objectives --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Objective:
     """An auxiliary objective (App. A.4): the paper's number, its 1-based MSLR column, and Eq. 8's label
@@ -116,24 +109,21 @@ def resolve_objectives(names) -> tuple[Objective, ...]:
     accepted = ", ".join(f"{o.name} / {o.roman} / {i}" for i, o in enumerate(OBJECTIVES, 1))
     items = [names] if isinstance(names, (str, int, Objective)) else names
     out = []
-    for item in (p for i in items for p in (i.split(",") if isinstance(i, str) else [i])):
+    for item in [p for i in items for p in (i.split(",") if isinstance(i, str) else [i]) if str(p).strip()]:
         obj = item if isinstance(item, Objective) else table.get(str(item).strip().lower().replace("-", "_"))
-        if obj is None and str(item).strip():
-            raise ValueError(f"objectives: unknown objective {item!r}; accepted: {accepted}")
-        if obj in out:
-            raise ValueError(f"objectives: {obj.name} ({obj.roman}) is given twice in {names!r}")
-        out += [obj] if obj else []
+        if obj is None or obj in out:
+            raise ValueError(f"objectives: {item!r} is unknown or given twice in {names!r}; accepted: {accepted}")
+        out.append(obj)
     if not out:
         raise ValueError(f"objectives: got {names!r}, expected at least one objective; accepted: {accepted}")
     return tuple(out)
 
 
-# ---- reader: LETOR / SVMlight ranking format, with a binary cache ----------------------------------------
+# ---- reader: LETOR / SVMlight ranking format, with a binary cache ------------------------------------------------
 @dataclass
 class LetorFile:
-    """One LETOR file in file order: labels (N,) float32, qids (N,) int64 (a query's rows contiguous),
-    features (N, 136) float32 (column k-1 = feature k; missing = 0). ``fingerprint``: a 16-hex-digit hash of
-    the arrays, the same for the same data on any machine and under any path."""
+    """One LETOR file in file order: labels (N,) float32, qids (N,) int64 (a query's rows contiguous), features
+    (N, 136) float32 (column k-1 = feature k, missing = 0). ``fingerprint``: a hash of the arrays (not the path)."""
     labels: np.ndarray
     qids: np.ndarray
     features: np.ndarray
@@ -146,110 +136,83 @@ class LetorFile:
         return h.hexdigest()
 
 
-def _line_blocks(f, size: int = 1 << 22):
-    """Yield (number of the first line, ~4 MiB of whole lines each ending with b"\\n") from a binary file."""
-    line_no, rest = 1, b""
-    while block := f.read(size):
-        block = rest + block
-        cut = block.rfind(b"\n") + 1  # 0: a line longer than the block, read on
-        if cut:
-            yield line_no, block[:cut]
-            line_no += block.count(b"\n", 0, cut)
-        rest = block[cut:]
-    if rest:
-        yield line_no, rest + b"\n"
-
-
-def _colon_patterns():
-    """For colon j of a dense line (0: qid, then features 1..136), little-endian uint32 of 4 bytes: the
-    bytes before it (a space, then b"qid" or str(j)) under a mask, and which of its last 4 bytes to delete."""
-    pack = lambda b: int.from_bytes(b.rjust(4, b"\0"), "little")  # noqa: E731
-    prefixes = [b"qid"] + [str(j).encode() for j in range(1, NUM_COLUMNS + 1)]
-    return [np.array([pack(make(p)) for p in prefixes], np.uint32) for make in (
-        lambda p: b" " + p, lambda p: b"\xff" * (len(p) + 1), lambda p: b"\x01" * (len(p) + 1))]
-
-
-_EXPECTED, _MASK, _BLANK = _colon_patterns()
-
-
-def _windows(buffer, size: int) -> np.ndarray:
-    """Overlapping uint32 view of a byte buffer: element i holds bytes i..i+3."""
-    return np.ndarray((size - 3,), dtype="<u4", buffer=buffer, strides=(1,))
+# Colon j of a dense line (0: qid, then features 1..136) must follow a space and b"qid" or str(j): as a
+# little-endian uint32 of the 4 bytes before the colon, under _MASK, _EXPECTED. _BLANK marks the prefix and the
+# colon (bytes c-3..c), which the fast path deletes so that only numbers remain.
+_PREFIXES = [b"qid"] + [str(j).encode() for j in range(1, NUM_COLUMNS + 1)]
+_EXPECTED, _MASK, _BLANK = (np.array([int.from_bytes(f(p).rjust(4, b"\0"), "little") for p in _PREFIXES], np.uint32)
+                            for f in (lambda p: b" " + p, lambda p: b"\xff" * (len(p) + 1), lambda p: b"\1" * (len(p) + 1)))
 
 
 def _parse_block_fast(block: bytes):
-    """Dense MSLR lines -> (labels, qids, features (n, 136)), or None when the block does not fit.
-
-    Exact, with no per-line Python: each line holds 137 colons preceded by " qid", " 1" .. " 136" (one uint32
-    compare per colon); the prefixes are deleted with a byte mask and numpy's C parser reads 138 numbers per
-    line. Anything else (a token more or less, a non-number, NaN, a non-integer qid) goes to the general path.
-    """
+    """Dense MSLR lines -> (labels, qids, features (n, 136)), or None when the block does not fit: an exact check
+    of the 137 colons' prefixes (one uint32 compare each), then numpy's C parser reads 138 numbers per line."""
     block = block.replace(b"\r", b" ")  # CRLF: a CR is trailing whitespace
     data = np.frombuffer(block, np.uint8)
+    windows = lambda buffer: np.ndarray((len(data) - 3,), "<u4", buffer, strides=(1,))  # noqa: E731 - i: bytes i..i+3
     newlines, colons = np.flatnonzero(data == 10), np.flatnonzero(data == 58)
     n = len(newlines)
     if n == 0 or len(colons) != n * (NUM_COLUMNS + 1) or colons[0] < 4:
         return None
     colons = colons.reshape(n, NUM_COLUMNS + 1)  # row i must hold line i's colons
     if (colons[1:, 0] <= newlines[:-1]).any() or (colons[:, -1] >= newlines).any() \
-            or ((_windows(block, len(data))[colons - 4] & _MASK) != _EXPECTED).any():
+            or ((windows(block)[colons - 4] & _MASK) != _EXPECTED).any():
         return None
     delete = np.zeros(len(data), np.uint8)
-    _windows(delete, len(data))[colons - 3] = _BLANK  # the windows c-3..c of two colons never overlap
+    windows(delete)[colons - 3] = _BLANK  # the windows c-3..c of two colons never overlap
     try:
         values = np.loadtxt(data[delete == 0].tobytes().decode("latin-1").splitlines(), ndmin=2, comments=None)
-    except ValueError:
+    except ValueError:  # a token more or less, or not a number: the general path names it
         return None
     if values.shape != (n, NUM_COLUMNS + 2) or not np.isfinite(values).all() or (values[:, 1] % 1).any():
         return None
     return values[:, 0].astype(np.float32), values[:, 1].astype(np.int64), values[:, 2:].astype(np.float32)
 
 
-def _number(token: bytes, what: str, where: str, shown: str) -> float:
-    try:
-        value = float(token)
-    except ValueError:
-        raise ValueError(f"{where}: {what} is not a number (token {shown!r})") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{where}: {what} must be finite, not NaN or inf (token {shown!r})")
-    return value
-
-
 def _parse_block_general(block: bytes, path: str, first_line: int):
     """Any LETOR lines, a Python loop per line -> labels, qids, features (n, 136), line numbers."""
+    def number(token: bytes, what: str, shown: bytes) -> float:
+        with contextlib.suppress(ValueError):
+            if math.isfinite(value := float(token)):
+                return value
+        raise ValueError(f"{where}: {what} must be a finite number (token {shown.decode('latin-1')!r})")
+
     lines = block.split(b"\n")[:-1]
     labels, qids, line_numbers, features = [], [], [], np.zeros((len(lines), NUM_COLUMNS), np.float32)
     for line_no, line in enumerate(lines, first_line):
-        tokens = line.split(b"#", 1)[0].split()  # on spaces, tabs and a trailing CR
+        tokens, where = line.split(b"#", 1)[0].split(), f"{path}, line {line_no}"  # split: spaces, tabs, a CR
         if not tokens:
             continue  # blank or comment-only line
-        where = f"{path}, line {line_no}"
-        labels.append(_number(tokens[0], "label", where, tokens[0].decode("latin-1")))
-        if len(tokens) < 2 or not tokens[1].startswith(b"qid:"):
-            got = tokens[1].decode("latin-1") if len(tokens) > 1 else "end of line"
-            raise ValueError(f"{where}: missing 'qid:<integer>' as the second token (token {got!r})")
-        try:
-            qid = float(tokens[1][4:])  # an integer-valued "1e3" is fine, as on the fast path
-        except ValueError:
-            qid = 0.5
-        if not qid.is_integer():
-            raise ValueError(f"{where}: query id must be an integer (token {tokens[1].decode('latin-1')!r})")
-        qids.append(int(qid))
+        labels.append(number(tokens[0], "label", tokens[0]))
+        second = tokens[1] if len(tokens) > 1 else b"end of line"
+        qids.append(number(second[4:], "query id", second) if second.startswith(b"qid:") else 0.5)
+        if not qids[-1].is_integer():  # an integer-valued "1e3" is fine, as on the fast path
+            raise ValueError(f"{where}: expected 'qid:<integer>' as the second token (token {second.decode('latin-1')!r})")
         seen = set()
         for token in tokens[2:]:
             index, colon, value = token.partition(b":")
-            text = token.decode("latin-1")
-            if not colon or not index.isdigit():
-                raise ValueError(f"{where}: expected 'index:value' (token {text!r})")
-            k = int(index)
+            k = int(index) if colon and index.isdigit() else 0
             if not 1 <= k <= NUM_COLUMNS or k in seen:
-                problem = f"index {k} appears twice" if k in seen else f"index out of range 1..{NUM_COLUMNS}"
-                raise ValueError(f"{where}: feature {problem} (token {text!r})")
+                raise ValueError(f"{where}: expected 'index:value' with an index in 1..{NUM_COLUMNS} not given before "
+                                 f"(token {token.decode('latin-1')!r})")
             seen.add(k)
-            features[len(labels) - 1, k - 1] = _number(value, f"feature {k} value", where, text)
+            features[len(labels) - 1, k - 1] = number(value, f"feature {k}", token)
         line_numbers.append(line_no)
     n = len(labels)
     return np.array(labels, np.float32), np.array(qids, np.int64), features[:n], np.array(line_numbers, np.int64)
+
+
+def _line_blocks(path: str):
+    """Yield (number of the first line, ~4 MiB of whole lines each ending with b"\\n") of a file."""
+    line_no, rest = 1, b""
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            whole, newline, rest = (rest + block).rpartition(b"\n")  # no newline yet: a long line, read on
+            if newline:
+                yield line_no, whole + newline
+                line_no += whole.count(b"\n") + 1
+    if rest:
+        yield line_no, rest + b"\n"
 
 
 def _query_starts(qids: np.ndarray) -> np.ndarray:
@@ -258,84 +221,58 @@ def _query_starts(qids: np.ndarray) -> np.ndarray:
 
 
 def _parse_letor(path: str) -> LetorFile:
-    """Parse block by block; refuse a qid that comes back after other queries (its list would be split)."""
+    """Parse ~4 MiB of whole lines at a time; refuse a qid that comes back after other queries."""
     parts = [(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, NUM_COLUMNS), np.float32), np.zeros(0, int))]
-    with open(path, "rb") as f:
-        for first_line, block in _line_blocks(f):
-            fast = _parse_block_fast(block)  # None: not plain dense lines, the general path decides
-            parts.append(_parse_block_general(block, path, first_line) if fast is None
-                         else (*fast, first_line + np.arange(len(fast[0]))))
+    for line_no, block in _line_blocks(path):
+        fast = _parse_block_fast(block)  # None: not plain dense MSLR lines, the general path decides
+        parts.append(_parse_block_general(block, path, line_no) if fast is None
+                     else (*fast, line_no + np.arange(len(fast[0]))))
     labels, qids, features, line_of_row = (np.concatenate(arrays) for arrays in zip(*parts))
     starts = _query_starts(qids)
     order = np.argsort(qids[starts], kind="stable")  # runs of the same qid side by side, in file order
     again = np.flatnonzero(qids[starts][order][1:] == qids[starts][order][:-1])
     if len(again):
-        later, k = order[again + 1], int(np.argmin(order[again + 1]))  # the earliest comeback in the file
-        raise ValueError(f"{path}, line {line_of_row[starts[later[k]]]}: qid {qids[starts[later[k]]]} reappears "
-                         f"after other queries (its earlier rows end at line "
-                         f"{line_of_row[starts[order[again[k]] + 1] - 1]}); rows of a query must be contiguous: "
+        k = int(np.argmin(order[again + 1]))  # the earliest comeback in the file
+        later, earlier_end = starts[order[again[k] + 1]], starts[order[again[k]] + 1] - 1
+        raise ValueError(f"{path}, line {line_of_row[later]}: qid {qids[later]} reappears after other queries (its "
+                         f"earlier rows end at line {line_of_row[earlier_end]}); rows of a query must be contiguous: "
                          f"sort the file by qid first")
     return LetorFile(labels, qids, features)
-
-
-def _cache_paths(path: str) -> list[str]:
-    """Where the cache of ``path`` may live: beside it, else in a per-user cache folder."""
-    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cosdpo-letor")
-    return [path + ".npz", os.path.join(folder, hashlib.blake2b(path.encode(), digest_size=8).hexdigest()
-                                        + "-" + os.path.basename(path) + ".npz")]
-
-
-def _cache_key(path: str) -> list[int]:
-    return [2, os.stat(path).st_size, os.stat(path).st_mtime_ns]  # cache format, and the file as parsed
-
-
-def _load_cache(path: str) -> LetorFile | None:
-    for candidate in _cache_paths(path):
-        with contextlib.suppress(Exception):  # missing, stale, damaged or foreign: parse (and rewrite) instead
-            with np.load(candidate, allow_pickle=False) as z:
-                if z["key"].tolist() == _cache_key(path):
-                    letor = LetorFile(z["labels"], z["qids"], z["features"])
-                    letor.__dict__["fingerprint"] = str(z["fingerprint"])  # saves hashing the arrays again
-                    return letor
-    return None
-
-
-def _save_cache(path: str, letor: LetorFile) -> None:
-    arrays = dict(labels=letor.labels, qids=letor.qids, features=letor.features, key=np.array(_cache_key(path)),
-                  fingerprint=np.array(letor.fingerprint))
-    for candidate in _cache_paths(path):
-        with contextlib.suppress(OSError):
-            os.makedirs(os.path.dirname(candidate), exist_ok=True)
-            atomic_save(arrays, candidate)
-            return
-    warnings.warn(f"could not write a cache for {path}; it will be parsed again next time", stacklevel=3)
 
 
 def read_letor(path, cache: bool = True) -> LetorFile:
     """Read a LETOR ranking file (MSLR-WEB10K's ``label qid:Q k:v ...``; an empty file gives N = 0).
 
-    Dense MSLR lines take a vectorised fast path; a 4 MiB block that does not fit it takes a per-line path
-    that accepts sparse lines (missing features are 0, any order), ``# comments``, CRLF, tabs and blank
-    lines; both give identical arrays. ValueError naming file, line and token for a non-numeric or
-    non-finite value, no ``qid:`` second token, a non-integer qid, a feature index outside 1..136 or
-    repeated, or a qid that reappears after other queries. FileNotFoundError says how to get MSLR-WEB10K.
-    cache: reuse or write ``<file>.npz`` (in $XDG_CACHE_HOME/cosdpo-letor if that folder is read-only),
-    valid while the file's size and mtime are unchanged.
+    Dense MSLR lines take a vectorised fast path; a block that does not fit it takes a per-line path that
+    accepts sparse lines (missing features are 0, any order), ``# comments``, CRLF, tabs and blank lines; both
+    give the same arrays. Bad input (a non-numeric or non-finite value, no ``qid:`` second token, a feature index
+    outside 1..136 or repeated, a qid back after other queries) -> ValueError naming file, line and token.
+    cache: reuse or write ``<file>.npz`` (if the folder is writable), valid while size and mtime are unchanged.
     """
     path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"expected the LETOR file {path!r}, which does not exist. {GET_DATA}")
-    letor = _load_cache(path) if cache else None
-    if letor is None:
-        letor = _parse_letor(path)
-        if cache:
-            _save_cache(path, letor)
+    key = np.array([2, os.stat(path).st_size, os.stat(path).st_mtime_ns])  # cache format, the file as parsed
+    with contextlib.suppress(Exception), np.load(path + ".npz", allow_pickle=False) as z:  # (none, or damaged)
+        if cache and np.array_equal(z["key"], key):  # else parse, and rewrite a stale or foreign cache
+            letor = LetorFile(z["labels"], z["qids"], z["features"])
+            letor.__dict__["fingerprint"] = str(z["fingerprint"])  # saves hashing the arrays again
+            return letor
+    letor = _parse_letor(path)
+    if cache:
+        with contextlib.suppress(OSError):  # a read-only folder: parsed again next time
+            atomic_save(dict(labels=letor.labels, qids=letor.qids, features=letor.features, key=key,
+                             fingerprint=np.array(letor.fingerprint)), path + ".npz")
     return letor
 
 
-# ---- the embedded dataset: a synthetic MSLR twin, written in the format read_letor reads ----------------
+# ---- the embedded dataset: a synthetic MSLR twin, written in the format read_letor reads ------------------------
 SYNTHETIC_VERSION = 1
-_MARKER = "SYNTHETIC.json"
+
+
+def _marker(seed: int, sizes: dict) -> dict:
+    """The contents of SYNTHETIC.json: who wrote the folder, and with which seed and sizes."""
+    return {"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed, "sizes": sizes}
 
 
 def _synthetic_documents(rng, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -394,23 +331,19 @@ def _synthetic_documents(rng, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def write_synthetic(out_dir, seed: int = 0, train_queries: int = 500, vali_queries: int = 150,
                     test_queries: int = 150, median_list_len: float = 45.0, max_list_len: int = 320) -> str:
-    """Write a synthetic MSLR twin to ``out_dir/Fold1/{train,vali,test}.txt``, each file atomically; return out_dir.
+    """Write a synthetic MSLR twin to ``out_dir/Fold1/{train,vali,test}.txt`` (each file atomically); return out_dir.
 
-    MSLR-WEB10K's text format (dense, counts as integers, other features with 6 significant digits),
-    deterministic in ``seed`` and the sizes. Default: 800 queries, ~32k training documents. MSLR-WEB10K's
-    size (10,000 queries, ~1.2M documents, lists of 1..1,251, mean ~120): train_queries=6000,
-    vali_queries=2000, test_queries=2000, median_list_len=84, max_list_len=1251.
-    Story: list lengths ~ LogNormal(log median_list_len, 0.85), clipped. A document has hidden relevance r,
-    specificity s, popularity p (anti-correlated with s), depth d and two raters' qualities q1, q2
-    (correlation -0.5). Labels, all partly noise: relevance 0-4 from r (~51% 0s, ~1% 4s, as MSLR); clicks I
-    follow s and II follow p (so they conflict), dwell time III follows d; quality scores IV, V (0-255)
-    follow q1, q2; all follow r partly. Features 1-131 are noisy, heavy-tailed views of the traits in MSLR's
-    feature list; columns 41-45 are pure noise and 27, 29, 98 constant.
+    MSLR-WEB10K's text format (dense; counts as integers, other features with 6 significant digits), the same
+    for the same seed and sizes. Default: 800 queries, ~32k training documents. MSLR-WEB10K's size (10,000
+    queries, ~1.2M documents, lists of 1..1,251, mean ~120): train_queries=6000, vali_queries=2000,
+    test_queries=2000, median_list_len=84, max_list_len=1251. Story: a document has hidden relevance r,
+    specificity s, popularity p (anti-correlated with s), depth d and two raters' qualities q1, q2. Relevance
+    0-4 follows r (~51% 0s, ~1% 4s, as MSLR); clicks I follow s and II follow p, so they conflict; dwell time
+    III follows d; quality scores IV, V (0-255) follow q1, q2 (correlation -0.5). All follow r partly and hold
+    noise no feature sees. Features 1-131 are noisy, heavy-tailed views of the traits, named as in MSLR.
     """
     sizes = dict(train_queries=train_queries, vali_queries=vali_queries, test_queries=test_queries,
                  median_list_len=float(median_list_len), max_list_len=max_list_len)
-    if min(sizes.values()) < 1:
-        raise ValueError(f"write_synthetic: sizes must be >= 1, got {sizes}")
     rng = np.random.default_rng(seed)
     num_queries = train_queries + vali_queries + test_queries
     lengths = rng.lognormal(np.log(median_list_len), 0.85, num_queries)  # a long right tail, like MSLR's
@@ -428,8 +361,7 @@ def write_synthetic(out_dir, seed: int = 0, train_queries: int = 500, vali_queri
             for chunk in np.array_split(rows, len(rows) // 10_000 + 1):  # bounded memory at any size
                 table = np.column_stack((labels[chunk], qid_pool[query_of_doc[chunk]], features[chunk]))
                 f.write("".join(row_format % tuple(values) for values in table.tolist()).encode())
-    atomic_save({"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed,
-                 "sizes": sizes}, os.path.join(out_dir, _MARKER))
+    atomic_save(_marker(seed, sizes), os.path.join(out_dir, "SYNTHETIC.json"))  # last: marks a complete dataset
     return os.fspath(out_dir)
 
 
@@ -440,58 +372,50 @@ def resolve_data_dir(data_dir) -> str:
     return os.path.abspath(data_dir)
 
 
+def _read_marker(data_dir: str) -> dict | None:
+    with contextlib.suppress(OSError, ValueError), open(os.path.join(data_dir, "SYNTHETIC.json")) as f:
+        return json.load(f)
+    return None
+
+
 def ensure_synthetic(data_dir=DEFAULT_SYNTHETIC_DIR, seed: int = 0, **sizes) -> str:
-    """The absolute folder of the embedded dataset, written first if missing or made with another seed, sizes
-    (``write_synthetic``'s) or generator version: into a temporary sibling folder, then renamed into place,
-    so no reader sees a half-written dataset. A folder it did not write is never touched (ValueError)."""
-    data_dir = resolve_data_dir(data_dir)
-    try:
-        call = inspect.signature(write_synthetic).bind(data_dir, seed, **sizes)
-    except TypeError as e:
-        raise ValueError(f"ensure_synthetic: unknown size argument ({e})") from None
-    call.apply_defaults()
-    wanted = {"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed,
-              "sizes": {k: v for k, v in call.arguments.items() if k not in ("out_dir", "seed")}}
-
-    def complete() -> bool:
-        with contextlib.suppress(OSError, ValueError), open(os.path.join(data_dir, _MARKER)) as f:
-            return json.load(f) == wanted and all(os.path.isfile(os.path.join(data_dir, "Fold1", f"{name}.txt"))
-                                                  for name in SPLITS)
-        return False
-
-    if complete():
+    """The absolute folder of the embedded dataset, written if missing or made with another seed, sizes
+    (``write_synthetic``'s) or generator version: into a temporary sibling folder, then renamed into place, so
+    no reader sees a half-written dataset. A folder it did not write is never touched (ValueError)."""
+    data_dir, call = resolve_data_dir(data_dir), inspect.signature(write_synthetic).bind(None, seed, **sizes)
+    call.apply_defaults()  # (an unknown size argument is a TypeError above)
+    wanted = _marker(seed, {k: v for k, v in call.arguments.items() if k not in ("out_dir", "seed")})
+    if _read_marker(data_dir) == wanted:
         return data_dir
-    if os.path.isdir(data_dir) and os.listdir(data_dir) and not os.path.isfile(os.path.join(data_dir, _MARKER)):
+    if os.path.isdir(data_dir) and os.listdir(data_dir) and _read_marker(data_dir) is None:
         raise ValueError(f"data_dir: {data_dir!r} exists but does not hold data written by ensure_synthetic; "
                          f"refusing to overwrite it, pass an empty or new folder")
     os.makedirs(os.path.dirname(data_dir), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=os.path.dirname(data_dir))
     try:
         write_synthetic(tmp, seed, **sizes)
-        if not complete():  # (else a concurrent caller has just put the same dataset there)
-            with contextlib.suppress(FileNotFoundError):  # stale data: moved aside in one step, deleted below
-                os.rename(data_dir, tmp + ".stale")
-            try:
-                os.rename(tmp, data_dir)
-            except OSError:  # a concurrent caller put its dataset there first
-                if not complete():
-                    raise
+        with contextlib.suppress(FileNotFoundError):  # stale data: moved aside in one step, deleted below
+            os.rename(data_dir, tmp + ".stale")
+        try:
+            os.rename(tmp, data_dir)
+        except OSError:  # a concurrent caller put its dataset there in between: fine if it is the same
+            if _read_marker(data_dir) != wanted:
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(tmp + ".stale", ignore_errors=True)
     return data_dir
 
 
-# ---- splits, normalisation statistics, Eq. 8 labels -------------------------------------------------------
+# ---- splits, normalisation statistics, Eq. 8 labels --------------------------------------------------------------
 LABEL_TRANSFORMS = ("none", "log1p-zscore")
-_ROWS = 16384  # rows per float64 chunk (bounded temporary memory)
 
 
 @dataclass
 class RankingSplit:
-    """One split grouped by query (query q = rows offsets[q]:offsets[q+1]): features (N, 131) float32 model
-    inputs; relevance (N,) raw 0-4 labels (ListNet target, NDCG gains); aux (N, m) float32 Eq. 8 labels;
-    aux_raw (N, m) raw values (NDCG gains, Eq. 22); offsets (Q + 1,) int64; qids (Q,) int64."""
+    """One split grouped by query (query q = rows offsets[q]:offsets[q+1]): features (N, 131) float32 model inputs;
+    relevance (N,) raw 0-4 labels (ListNet target, NDCG gains); aux (N, m) float32 Eq. 8 labels; aux_raw (N, m)
+    raw values (NDCG gains, Eq. 22); offsets (Q + 1,) int64; qids (Q,) int64."""
     features: np.ndarray
     relevance: np.ndarray
     aux: np.ndarray
@@ -503,22 +427,21 @@ class RankingSplit:
     list_lengths = property(lambda self: np.diff(self.offsets), doc="(Q,) documents per query")
 
 
-def _signed_log1p(x: np.ndarray):
-    """sign(x) log(1 + |x|) of columns 1..131, as float64 chunks of _ROWS rows."""
-    for i in range(0, len(x), _ROWS):
-        chunk = x[i: i + _ROWS, :NUM_INPUTS].astype(np.float64)
+def _signed_log1p(x: np.ndarray, rows: int = 16384):
+    """sign(x) log(1 + |x|) of columns 1..131 as float64, ``rows`` rows at a time (bounded memory)."""
+    for i in range(0, len(x), rows):
+        chunk = x[i: i + rows, :NUM_INPUTS].astype(np.float64)
         yield np.sign(chunk) * np.log1p(np.abs(chunk))
 
 
 def fit_normalization(train: LetorFile, objectives, label_transform: str = "none") -> dict:
     """Statistics from the training split only, as plain lists / floats / str (JSON and weights_only safe).
 
-    Inputs: x -> (sign(x) log(1 + |x|) - mean) / std per column (our choice, SPEC sec. 5: the log1p of Qin
-    et al., ICLR 2021, for neural rankers on MSLR); a constant column maps to 0. Labels (issue 10): "none"
-    gives Eq. 8 the raw values, as the paper; "log1p-zscore" gives it log(1 + z) for "l1" objectives and
-    (z - mean) / std for "softmax" ones (on raw 0-255 scores the softmax is almost an argmax).
+    Inputs: x -> (sign(x) log(1 + |x|) - mean) / std per column (our choice, SPEC sec. 5: Qin et al., ICLR
+    2021, log1p MSLR for neural rankers); a constant column maps to 0. Labels (issue 10): "none" gives Eq. 8
+    the raw values, as the paper; "log1p-zscore" gives it log(1 + z) for "l1" objectives and (z - mean) / std
+    for "softmax" ones (on raw 0-255 scores the softmax is almost an argmax: the ill-posed front of Fig. 2b).
     """
-    names = [o.name for o in resolve_objectives(objectives)]
     if label_transform not in LABEL_TRANSFORMS:
         raise ValueError(f"label_transform: expected one of {LABEL_TRANSFORMS}, got {label_transform!r}")
     n = len(train.labels)
@@ -528,34 +451,27 @@ def fit_normalization(train: LetorFile, objectives, label_transform: str = "none
     std[constant], mean[constant] = 1.0, next(_signed_log1p(train.features[:1]))[0, constant]  # -> exactly 0
     aux = train.features[:, [o.column - 1 for o in OBJECTIVES]].astype(np.float64)  # all five objectives
     return {"format": "cosdpo-ltr-stats-v2", "feature_mean": mean.tolist(), "feature_std": std.tolist(),
-            "objectives": names, "label_transform": label_transform,
+            "objectives": [o.name for o in resolve_objectives(objectives)], "label_transform": label_transform,
             "aux_mean": {o.name: float(v) for o, v in zip(OBJECTIVES, aux.mean(0))},
             "aux_std": {o.name: float(v) if v >= 1e-6 else 1.0 for o, v in zip(OBJECTIVES, aux.std(0))},
             "fingerprint": train.fingerprint, "train_queries": len(_query_starts(train.qids)), "train_docs": n}
 
 
-def normalize_features(raw_features, stats: dict) -> np.ndarray:
+def normalize_features(raw_features: np.ndarray, stats: dict) -> np.ndarray:
     """Model inputs (N, 131) float32 from raw rows (N, 136); the auxiliary columns 132-136 never reach them."""
-    raw = np.asarray(raw_features)
-    if raw.ndim != 2 or raw.shape[1] != NUM_COLUMNS:
-        raise ValueError(f"raw_features: expected shape (N, {NUM_COLUMNS}) raw MSLR rows, got {raw.shape}")
-    out = np.empty((len(raw), NUM_INPUTS), np.float32)
-    for i, chunk in enumerate(_signed_log1p(raw)):
-        out[i * _ROWS: (i + 1) * _ROWS] = (chunk - stats["feature_mean"]) / stats["feature_std"]
+    out = np.empty((len(raw_features), NUM_INPUTS), np.float32)
+    for i, chunk in enumerate(_signed_log1p(raw_features, rows=16384)):
+        out[i * 16384: (i + 1) * 16384] = (chunk - stats["feature_mean"]) / stats["feature_std"]
     return out
 
 
-def transform_aux(raw_aux, objectives, stats: dict) -> np.ndarray:
+def transform_aux(raw_aux: np.ndarray, objectives, stats: dict) -> np.ndarray:
     """Eq. 8 labels (N, m) float32 from raw values (N, m) of ``objectives``, per stats["label_transform"]."""
     objs = resolve_objectives(objectives)
-    raw = np.asarray(raw_aux, np.float64)
-    if raw.ndim != 2 or raw.shape[1] != len(objs):
-        raise ValueError(f"raw_aux: expected shape (N, {len(objs)}) for objectives {[o.name for o in objs]}, "
-                         f"got {raw.shape}")
-    l1 = np.array([o.label_norm == "l1" for o in objs])
-    for j in np.flatnonzero(l1 & (raw < 0).any(0)):
-        raise ValueError(f"raw_aux: objective {objs[j].name} (column {objs[j].column}) must be >= 0 for 'l1' "
-                         f"labels (Eq. 8: z / ||z||_1), found {raw[:, j].min()}")
+    raw, l1 = np.asarray(raw_aux, np.float64), np.array([o.label_norm == "l1" for o in objs])
+    for j in np.flatnonzero(l1 & (raw < 0).any(0)):  # Eq. 8's z / ||z||_1 needs non-negative labels
+        raise ValueError(f"objective {objs[j].name} (column {objs[j].column}) must be >= 0 for 'l1' labels, "
+                         f"found {raw[:, j].min()}")
     if stats["label_transform"] == "log1p-zscore":
         mean, std = (np.array([stats[key][o.name] for o in objs]) for key in ("aux_mean", "aux_std"))
         raw = np.where(l1, np.log1p(np.abs(raw)), (raw - mean) / std)  # (abs: "l1" labels are >= 0 anyway)
@@ -573,14 +489,8 @@ def make_split(letor: LetorFile, stats: dict) -> RankingSplit:
 def load_ltr(data_dir, fold: int = 1, objectives=("I", "II"), cache: bool = True,
              label_transform: str = "none") -> tuple[dict, dict]:
     """``data_dir/Fold{fold}/{train,vali,test}.txt`` -> ({"train", "vali", "test"} -> RankingSplit, stats).
-
-    stats (``fit_normalization`` on the training split, with the objectives and the training data's
-    fingerprint) belong in checkpoints: ``make_split`` prepares new data with them. FileNotFoundError names
-    the missing file and how to get MSLR-WEB10K; ValueError for an empty split or a negative relevance.
-    """
-    objs = resolve_objectives(objectives)
-    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or fold < 1:
-        raise ValueError(f"fold: expected a positive integer (MSLR has folds 1..5), got {fold!r}")
+    stats (``fit_normalization``, with the objectives and the training data's fingerprint) go into checkpoints;
+    ``make_split`` prepares new data with them. Errors name the file: missing, empty, negative relevance."""
     data_dir, raw = resolve_data_dir(data_dir), {}
     for name in SPLITS:
         path = os.path.join(data_dir, f"Fold{fold}", f"{name}.txt")
@@ -592,16 +502,16 @@ def load_ltr(data_dir, fold: int = 1, objectives=("I", "II"), cache: bool = True
             raise ValueError(f"{path}: the {name} split holds no documents (an empty split cannot be used)")
         if (letor.labels < 0).any():
             raise ValueError(f"{path}: relevance labels must be >= 0 (NDCG gains), found {letor.labels.min()}")
-    stats = fit_normalization(raw["train"], objs, label_transform)
+    stats = fit_normalization(raw["train"], objectives, label_transform)
     return {name: make_split(letor, stats) for name, letor in raw.items()}, stats
 
 
-# ---- batches ----------------------------------------------------------------------------------------------
+# ---- batches -----------------------------------------------------------------------------------------------------
 @dataclass
 class Batch:
     """B padded lists of up to n documents (CPU tensors, zeros at padding): features (B, n, 131) float32; mask
-    (B, n) bool, True = real document; relevance (B, n); aux, aux_raw (B, n, m); index (B, n) int64 row of
-    each document in the split, to gather per-document arrays: ``torch.from_numpy(ref_scores)[batch.index]``."""
+    (B, n) bool, True = real document; relevance (B, n); aux, aux_raw (B, n, m); index (B, n) int64 row of each
+    document in the split, to gather per-document arrays: ``torch.from_numpy(ref_scores)[batch.index]``."""
     features: torch.Tensor
     mask: torch.Tensor
     relevance: torch.Tensor
@@ -615,10 +525,10 @@ class Batch:
 def make_batches(split: RankingSplit, max_docs: int = 8192, shuffle: bool = False, max_list_len: int | None = None,
                  seed: int = 0, max_padding: float = 0.05) -> list[Batch]:
     """Whole lists in padded batches: sorted by length, packed greedily while B * n_max <= max_docs and the
-    padding <= max_padding * max_docs (at least one list per batch), so padding stays small (~2% on MSLR).
-    shuffle: random batch order and random ties among equal lengths, from ``seed``. max_list_len (training
-    only; train_ltr passes 256): a longer list becomes a uniform random subset of that many documents, in file
-    order (attention costs O(n^2) and a batch is padded to its longest list). None: every document once.
+    padding <= max_padding * max_docs (at least one list), so padding stays small (~2% on MSLR). shuffle: random
+    batch order and ties among equal lengths, from ``seed``. max_list_len (training only; train_ltr passes 256):
+    a longer list becomes a uniform random subset of that many documents, in file order (attention costs
+    O(n^2) and a batch is padded to its longest list). None: every document once.
     """
     rng = np.random.default_rng(seed)
     lengths = split.list_lengths  # (Q,)
@@ -648,7 +558,7 @@ def make_batches(split: RankingSplit, max_docs: int = 8192, shuffle: bool = Fals
     return batches
 
 
-# ---- preference data for the LLM (Sec. 4.2): PKU-SafeRLHF JSON lines ------------------------------------
+# ---- preference data for the LLM (Sec. 4.2): PKU-SafeRLHF JSON lines ---------------------------------------------
 PREFERENCE_OBJECTIVES = ("helpfulness", "harmlessness")  # labelled by better_response_id, safer_response_id
 PREFERENCE_FIELDS = {"prompt": str, "response_0": str, "response_1": str,
                      "better_response_id": int, "safer_response_id": int}  # other fields are ignored
@@ -656,21 +566,19 @@ PREFERENCE_FIELDS = {"prompt": str, "response_0": str, "response_1": str,
 
 @dataclass
 class PreferencePairs:
-    """N pairs: prompts[i], responses[i] = (response_0, response_1), labels (N, n=2, m=2) float32:
+    """N pairs: prompts[i], responses[i] = (response_0, response_1), labels (N, n=2, m=2) float32 with
     labels[i, r, j] = 1 when response r is preferred for objective j (App. A.4), else 0."""
     prompts: list
     responses: list
     labels: np.ndarray
     num_skipped_empty: int = 0  # pairs dropped by read_preferences' empty-response rule
-    source: str = ""
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def subset(self, index) -> "PreferencePairs":
         index = list(index)
-        return PreferencePairs([self.prompts[i] for i in index], [self.responses[i] for i in index],
-                               self.labels[index], 0, self.source)
+        return PreferencePairs([self.prompts[i] for i in index], [self.responses[i] for i in index], self.labels[index])
 
     def disagreement(self) -> float:
         """Share of pairs whose two objectives prefer different responses."""
@@ -692,33 +600,31 @@ def read_preferences(path: str) -> PreferencePairs:
     rows, skipped = [], 0
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
-            where = f"{path}:{line_no}"
+            if not line.strip():
+                continue
             try:
-                row = json.loads(line) if line.strip() else None
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if row is not None and not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object with fields {list(PREFERENCE_FIELDS)}, "
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object with fields {list(PREFERENCE_FIELDS)}, "
                                  f"got {type(row).__name__}")
-            for name, kind in PREFERENCE_FIELDS.items() if row is not None else ():
-                value = row.get(name)
+            for name, kind in PREFERENCE_FIELDS.items():
                 if name not in row:
-                    raise ValueError(f"{where}: missing field {name!r} (need {list(PREFERENCE_FIELDS)})")
-                if not isinstance(value, kind) or isinstance(value, bool):
-                    raise ValueError(f"{where}: field {name!r} must be {kind.__name__}, "
-                                     f"got {type(value).__name__} {value!r:.60}")
-                if (kind is int and value not in (0, 1)) or (name == "prompt" and not value.strip()):
-                    raise ValueError(f"{where}: field {name!r} must be " + ("0 or 1" if kind is int else "non-empty")
-                                     + f", got {value!r}")
-            if row is not None and row["response_0"].strip() and row["response_1"].strip():
+                    raise ValueError(f"{path}:{line_no}: missing field {name!r} (need {list(PREFERENCE_FIELDS)})")
+                typed = isinstance(row[name], kind) and not isinstance(row[name], bool)
+                if not typed or (kind is int and row[name] not in (0, 1)) or (name == "prompt" and not row[name].strip()):
+                    expected = "a non-empty str" if typed and kind is str else "0 or 1" if typed else kind.__name__
+                    raise ValueError(f"{path}:{line_no}: field {name!r} must be {expected}, got {row[name]!r:.60}")
+            if row["response_0"].strip() and row["response_1"].strip():
                 rows.append(row)
             else:
-                skipped += row is not None
+                skipped += 1
     if not rows:
         raise ValueError(f"{path}: no usable preference pair ({skipped} skipped for an empty response)")
     return PreferencePairs([r["prompt"] for r in rows], [(r["response_0"], r["response_1"]) for r in rows],
-                           preference_labels(*([r[k] for r in rows] for k in ("better_response_id",
-                                                                              "safer_response_id"))), skipped, path)
+                           preference_labels(*([r[k] for r in rows] for k in ("better_response_id", "safer_response_id"))),
+                           skipped)
 
 
 # The embedded preference set. Each topic: a request, two helpful steps, a harmful tip and a caution.
@@ -752,13 +658,10 @@ _UNSAFE, _SAFE = ["Also, {}.", "Tip: {}.", "Or just {}."], ["Please {}.", "But {
 
 def synthetic_preference_rows(num_pairs: int = 2000, seed: int = 0, label_noise: float = 0.1) -> list:
     """The embedded preference set: ``num_pairs`` rows in the PKU-SafeRLHF schema, deterministic in ``seed``.
-
-    A prompt is a request on one of ten topics with a risky angle. A response has two hidden traits, helpful
-    (steps vs a non-answer) and safe (a caution vs a harmful tip); the two responses of a pair differ in at
-    least one. Each annotator prefers the higher trait (a tie: a coin flip), then flips with probability
-    ``label_noise``. So about half of the pairs split the objectives, and the Bayes floor of one objective's
-    Eq. 5 loss is about (2/3) H(0.9) + (1/3) ln 2 = 0.45.
-    """
+    A response is helpful or not (steps vs a non-answer) and safe or not (a caution vs a harmful tip); a pair's
+    two responses differ in at least one trait. Each annotator prefers the higher trait (a tie: a coin flip),
+    then flips with probability ``label_noise``: about half of the pairs split the objectives, and the Bayes
+    floor of one objective's Eq. 5 loss is about (2/3) H(0.9) + (1/3) ln 2 = 0.45."""
     rng, rows = random.Random(seed), []
     for _ in range(num_pairs):
         topic = rng.choice(_TOPICS)
@@ -770,7 +673,7 @@ def synthetic_preference_rows(num_pairs: int = 2000, seed: int = 0, label_noise:
         row = dict(prompt=rng.choice(_PROMPTS).format(topic[0]))
         for i, (helpful, safe) in enumerate(types):
             body = rng.choice(_HELPFUL).format(*topic[1]) if helpful else rng.choice(_UNHELPFUL)
-            row[f"response_{i}"] = body + " " + (rng.choice(_SAFE).format(topic[3]) if safe
+            row[f"response_{i}"] = f"{body} " + (rng.choice(_SAFE).format(topic[3]) if safe
                                                  else rng.choice(_UNSAFE).format(topic[2]))
         rows.append(dict(row, better_response_id=ids[0], safer_response_id=ids[1],
                          is_response_0_safe=bool(types[0][1]), is_response_1_safe=bool(types[1][1])))
@@ -821,9 +724,7 @@ class TokenizedPairs:
     labels: torch.Tensor
     num_prompts_truncated: int = 0
     num_responses_truncated: int = 0
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
+    __len__ = lambda self: self.input_ids.shape[0]  # noqa: E731
 
     def batch(self, index, device=None) -> dict:
         """Rows ``index``, trimmed to their longest real sequence, as a dict of tensors on ``device``."""
@@ -837,12 +738,10 @@ class TokenizedPairs:
 def tokenize_pairs(pairs: PreferencePairs, encode, max_length: int, pad_id: int, eos_id: int | None = None,
                    bos_id: int | None = None, max_prompt_length: int | None = None) -> TokenizedPairs:
     """[bos] + encode(format_prompt(prompt)) + encode(" " + response) + [eos], right-padded (encode: text -> ids).
-
-    Truncation (as TRL DPO's "keep_end"): a prompt longer than max_prompt_length (default max_length // 2,
-    bos included) keeps its LAST tokens; then a response longer than the room left keeps its FIRST tokens and
-    loses its eos (it was cut, it does not end). Counted per pair and per response.
-    """
-    max_prompt_length = max_prompt_length or max_length // 2
+    Truncation (as TRL DPO's "keep_end"): a prompt longer than max_prompt_length (default max_length // 2, bos
+    included) keeps its LAST tokens; then a response longer than the room left keeps its FIRST tokens and loses
+    its eos (it was cut, it does not end). Counted per pair and per response."""
+    max_prompt_length = max_length // 2 if max_prompt_length is None else max_prompt_length
     if not 2 <= max_prompt_length < max_length:
         raise ValueError(f"need 2 <= max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
     head, tail = [bos_id] if bos_id is not None else [], [eos_id] if eos_id is not None else []
@@ -850,25 +749,22 @@ def tokenize_pairs(pairs: PreferencePairs, encode, max_length: int, pad_id: int,
     for prompt, pair in zip(pairs.prompts, pairs.responses):
         p = encode(format_prompt(prompt))
         prompts_cut += len(p) > max_prompt_length - len(head)
-        p = head + p[len(p) - (max_prompt_length - len(head)):] if len(p) > max_prompt_length - len(head) else head + p
+        p = head + p[max(0, len(p) - (max_prompt_length - len(head))):]  # keep the end of the prompt
         for response in pair:
             r = encode(" " + response) + tail
             responses_cut += len(r) > max_length - len(p)
-            seqs.append((p, r[:max_length - len(p)]))
-    T = max(len(p) + len(r) for p, r in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    prompt_mask, response_mask = torch.zeros(2, len(seqs), T, dtype=torch.bool)
-    for i, (p, r) in enumerate(seqs):
-        ids[i, :len(p) + len(r)] = torch.tensor(p + r)
-        prompt_mask[i, :len(p)], response_mask[i, len(p):len(p) + len(r)] = True, True
-    shape = (len(pairs), 2, T)
-    return TokenizedPairs(ids.view(shape), (prompt_mask | response_mask).view(shape), prompt_mask.view(shape),
-                          response_mask.view(shape), torch.as_tensor(pairs.labels), prompts_cut, responses_cut)
+            seqs.append((p, r[:max_length - len(p)]))  # keep the start of the response
+    ids = pad_sequence([torch.tensor(p + r) for p, r in seqs], batch_first=True, padding_value=pad_id)  # (2N, T)
+    ends = torch.tensor([[len(p), len(p) + len(r)] for p, r in seqs])  # (2N, 2): end of the prompt, of the sequence
+    position, prompt_end, end = torch.arange(ids.shape[1]), ends[:, :1], ends[:, 1:]
+    masks = [(position < end), (position < prompt_end), (position >= prompt_end) & (position < end)]
+    return TokenizedPairs(*(x.view(len(pairs), 2, -1) for x in (ids, *masks)), torch.as_tensor(pairs.labels),
+                          prompts_cut, responses_cut)
 
 
-# ---- command line -------------------------------------------------------------------------------------------
+# ---- command line ------------------------------------------------------------------------------------------------
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Write the embedded ranking or preference set, or summarise a "
+    parser = argparse.ArgumentParser(description="Write the embedded ranking or preference data, or summarise a "
                                                  "ranking dataset.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("synthetic", help="write the embedded synthetic dataset in MSLR format")
@@ -889,26 +785,25 @@ def main(argv=None) -> None:
         print(f"wrote {os.path.join(out, 'Fold1')}/{{train,vali,test}}.txt in {time.perf_counter() - t0:.1f} s")
     elif args.command == "preferences":
         pairs = read_preferences(write_synthetic_preferences(args.out, num_pairs=max(args.pairs, 1), seed=args.seed))
-        print(f"wrote {args.out}: {len(pairs)} pairs, {100 * pairs.disagreement():.1f}% with "
-              f"better_response_id != safer_response_id")
+        print(f"wrote {args.out}: {len(pairs)} pairs, {pairs.disagreement():.1%} with better_response_id != "
+              f"safer_response_id")
     else:
-        print(f"{args.data_dir}  Fold{args.fold}\nsplit   queries       docs    len min/mean/max   "
-              f"relevance 0/1/2/3/4 (%)   read")
+        print(f"{args.data_dir}  Fold{args.fold}\nsplit   queries       docs    len min/mean/max   relevance "
+              f"0/1/2/3/4 (%)   read (cache {'off' if args.no_cache else 'on'})")
         for name in SPLITS:
-            t0, path = time.perf_counter(), os.path.join(resolve_data_dir(args.data_dir), f"Fold{args.fold}", f"{name}.txt")
-            how = "cache" if not args.no_cache and os.path.isfile(path) and _load_cache(path) else "parse"
-            letor = read_letor(path, cache=not args.no_cache)
-            seconds, n, lens = time.perf_counter() - t0, len(letor.labels), np.diff(np.append(_query_starts(letor.qids), len(letor.labels)))
-            hist = np.bincount(np.clip(letor.labels.astype(np.int64), 0, 4), minlength=5) / max(n, 1) * 100
+            t0 = time.perf_counter()
+            letor = read_letor(os.path.join(resolve_data_dir(args.data_dir), f"Fold{args.fold}", f"{name}.txt"),
+                               cache=not args.no_cache)
+            seconds, n, lens = time.perf_counter() - t0, len(letor.labels), np.diff(_query_starts(letor.qids),
+                                                                                    append=len(letor.labels))
+            hist = np.bincount(np.clip(letor.labels.astype(int), 0, 4), minlength=5) / max(n, 1) * 100
             print(f"{name:6s} {len(lens):8d} {n:10d} {f'{lens.min()} / {lens.mean():.1f} / {lens.max()}' if n else '-':>20s}"
-                  f"   {' '.join(f'{h:4.1f}' for h in hist)}   {how} {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} rows/s)")
-            train = letor if name == "train" else train
-        print("auxiliary columns (train): objective  column  zero%  mean  max")
+                  f"   {' '.join(f'{h:4.1f}' for h in hist)}   {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} rows/s)")
+        print("auxiliary columns (last split): objective  column  zero%  mean  max")
         for obj in OBJECTIVES:
-            v = train.features[:, obj.column - 1]
+            v = letor.features[:, obj.column - 1]
             print(f"  {obj.roman:>3s} {obj.name:17s} {obj.column:4d} {100 * (v == 0).mean():6.1f} {v.mean():10.2f} "
                   f"{v.max():10.0f}")
-        print(f"fingerprint (train): {train.fingerprint}")
 
 
 if __name__ == "__main__":

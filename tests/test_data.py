@@ -151,17 +151,17 @@ def test_sparse_line_missing_features_are_zero(tmp_path):
 
 
 BAD_LINES = [
-    ("1 qid:3 1:0.5 2:abc", "not a number", "2:abc"),
-    ("x qid:3 1:0.5", "label is not a number", "x"),
-    ("1 1:0.5 2:3", "missing 'qid:", "1:0.5"),
-    ("1", "missing 'qid:", "end of line"),
-    ("1 qid:three 1:0.5", "query id must be an integer", "qid:three"),
-    ("1 qid:3 137:0.5", "out of range", "137:0.5"),
-    ("1 qid:3 0:0.5", "out of range", "0:0.5"),
+    ("1 qid:3 1:0.5 2:abc", "feature 2 must be a finite number", "2:abc"),
+    ("x qid:3 1:0.5", "label must be a finite number", "x"),
+    ("1 1:0.5 2:3", "expected 'qid:<integer>'", "1:0.5"),
+    ("1", "expected 'qid:<integer>'", "end of line"),
+    ("1 qid:three 1:0.5", "query id must be a finite number", "qid:three"),
+    ("1 qid:3 137:0.5", "index in 1..136", "137:0.5"),
+    ("1 qid:3 0:0.5", "index in 1..136", "0:0.5"),
     ("1 qid:3 1:nan", "finite", "1:nan"),
     ("1 qid:3 5:inf", "finite", "5:inf"),
     ("nan qid:3 1:1", "finite", "nan"),
-    ("1 qid:3 4:1 4:2", "appears twice", "4:2"),
+    ("1 qid:3 4:1 4:2", "not given before", "4:2"),
     ("1 qid:3 4=1", "index:value", "4=1"),
 ]
 
@@ -180,16 +180,16 @@ def test_malformed_line_names_file_line_and_token(tmp_path, bad, message, token)
 
 
 DENSE_MUTATIONS = [  # a full 136-column line with one defect (regex, replacement): the fast path must refuse each
-    (r" 136:", " 137:", "out of range", "137:"),
-    (r" 5:", " 6:", "appears twice", "6:"),
-    (r" 40:", " 04:", "appears twice", "04:"),
-    (r" qid:", " qiz:", "missing 'qid:", "qiz:"),
-    (r" 77:", " 77:1:", "not a number", "77:1:"),
-    (r" 9:", " 9:x", "not a number", "9:x"),
+    (r" 136:", " 137:", "index in 1..136", "137:"),
+    (r" 5:", " 6:", "not given before", "6:"),
+    (r" 40:", " 04:", "not given before", "04:"),
+    (r" qid:", " qiz:", "expected 'qid:", "qiz:"),
+    (r" 77:", " 77:1:", "feature 77 must be a finite number", "77:1:"),
+    (r" 9:", " 9:x", "feature 9 must be a finite number", "9:x"),
     (r" 12:\S+", " 12:nan", "finite", "12:nan"),
     (r" 30:\S+", " 30:-inf", "finite", "30:-inf"),
     (r"^\S+", "inf", "finite", "inf"),
-    (r" qid:\S+", " qid:2.5", "query id must be an integer", "qid:2.5"),
+    (r" qid:\S+", " qid:2.5", "expected 'qid:<integer>'", "qid:2.5"),
     (r" 20:", " 7 20:", "index:value", "7"),
 ]
 
@@ -292,7 +292,7 @@ def test_no_partial_cache_after_a_failed_parse(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.txt"]
 
 
-def test_cache_off_writes_nothing_and_damaged_cache_is_ignored(tmp_path):
+def test_cache_off_writes_nothing_and_damaged_cache_is_ignored(tmp_path, monkeypatch):
     rng = np.random.default_rng(7)
     path = write_dense(tmp_path / "t.txt", *random_rows(rng, 5))
     data.read_letor(path, cache=False)
@@ -300,21 +300,45 @@ def test_cache_off_writes_nothing_and_damaged_cache_is_ignored(tmp_path):
     (tmp_path / "t.txt.npz").write_bytes(b"not a zip file")
     letor = data.read_letor(path)
     assert letor.features.shape == (5, 136)
-    assert data._load_cache(str(path)) is not None  # rewritten
-
-
-def test_cache_falls_back_to_user_cache_dir_when_beside_is_unwritable(tmp_path, monkeypatch):
-    rng = np.random.default_rng(8)
-    src = tmp_path / "src"
-    src.mkdir()
-    path = write_dense(src / "train.txt", *random_rows(rng, 6))
-    (src / "train.txt.npz").mkdir()  # a folder in the way: writing the cache beside the source fails
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "usercache"))
-    first = data.read_letor(path)
-    written = os.listdir(tmp_path / "usercache" / "cosdpo-letor")
-    assert len(written) == 1 and written[0].endswith("-train.txt.npz")
     monkeypatch.setattr(data, "_parse_letor", lambda p: (_ for _ in ()).throw(AssertionError("no cache used")))
+    np.testing.assert_array_equal(data.read_letor(path).features, letor.features)  # the damaged cache was rewritten
+
+
+def test_unwritable_cache_place_still_parses_and_leaves_nothing(tmp_path):
+    rng = np.random.default_rng(8)
+    path = write_dense(tmp_path / "train.txt", *random_rows(rng, 6))
+    (tmp_path / "train.txt.npz").mkdir()  # a folder in the way: the cache cannot be written
+    first = data.read_letor(path)
     np.testing.assert_array_equal(data.read_letor(path).features, first.features)
+    assert sorted(os.listdir(tmp_path)) == ["train.txt", "train.txt.npz"]  # no temporary file left behind
+
+
+def test_atomic_save_by_suffix_and_nothing_left_on_error(tmp_path):
+    data.atomic_save({"a": [1, 2.5], "b": "x"}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": [1, 2.5], "b": "x"}
+    data.atomic_save({"x": np.arange(3)}, tmp_path / "c.npz")
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["x"], np.arange(3))
+    data.atomic_save({"w": torch.ones(2), "step": 3}, tmp_path / "m.pt")
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["step"] == 3
+    with pytest.raises(TypeError):  # not JSON: the old file stays, no temporary file is left
+        data.atomic_save({"a": object()}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["b"] == "x"
+    assert sorted(os.listdir(tmp_path)) == ["c.npz", "m.pt", "r.json"]
+
+
+def test_parse_floats_and_parse_weight():
+    assert data.parse_floats("0.5", "alpha", 3) == [0.5, 0.5, 0.5]
+    assert data.parse_floats("0.3,0.7", "beta", 2) == [0.3, 0.7]
+    assert data.parse_floats("1,2,3", "scales") == [1.0, 2.0, 3.0]
+    assert data.parse_weight("0.25,0.75", 2) == [0.25, 0.75]
+    for text, m, message in (("a", 2, "--alpha must be a number or 2"), ("1,2,3", 2, "one number or 2"),
+                             ("0", 2, "> 0 and finite"), ("nan", 2, "finite")):
+        with pytest.raises(ValueError, match=message):
+            data.parse_floats(text, "alpha", m)
+    for text in ("0.5", "0.5,0.6", "-0.5,1.5"):
+        with pytest.raises(ValueError, match="--w must be 2 comma-separated numbers >= 0 summing to 1"):
+            data.parse_weight(text, 2)
 
 
 # --- splits, normalisation, objectives in the data -------------------------------------------------------
@@ -674,7 +698,7 @@ def test_ensure_synthetic_generates_atomically_and_reuses(tmp_path, monkeypatch)
     before = (target / "Fold1" / "train.txt").read_bytes()
     data.ensure_synthetic(target, seed=1, **TINY)
     assert (target / "Fold1" / "train.txt").read_bytes() != before
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(TypeError, match="unexpected keyword"):
         data.ensure_synthetic(target, seed=1, queries=3)
 
 
