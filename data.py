@@ -228,15 +228,13 @@ def _parse_letor(path: str) -> LetorFile:
         parts.append(_parse_block_general(block, path, line_no) if fast is None
                      else (*fast, line_no + np.arange(len(fast[0]))))
     labels, qids, features, line_of_row = (np.concatenate(arrays) for arrays in zip(*parts))
-    starts = _query_starts(qids)
-    order = np.argsort(qids[starts], kind="stable")  # runs of the same qid side by side, in file order
-    again = np.flatnonzero(qids[starts][order][1:] == qids[starts][order][:-1])
-    if len(again):
-        k = int(np.argmin(order[again + 1]))  # the earliest comeback in the file
-        later, earlier_end = starts[order[again[k] + 1]], starts[order[again[k]] + 1] - 1
-        raise ValueError(f"{path}, line {line_of_row[later]}: qid {qids[later]} reappears after other queries (its "
-                         f"earlier rows end at line {line_of_row[earlier_end]}); rows of a query must be contiguous: "
-                         f"sort the file by qid first")
+    starts, run_of_qid = _query_starts(qids), {}
+    for run, qid in enumerate(qids[starts].tolist()):  # a qid back after other queries would split its list
+        if qid in run_of_qid:
+            raise ValueError(f"{path}, line {line_of_row[starts[run]]}: qid {qid} reappears after other queries (its "
+                             f"earlier rows end at line {line_of_row[starts[run_of_qid[qid] + 1] - 1]}); rows of a "
+                             f"query must be contiguous: sort the file by qid first")
+        run_of_qid[qid] = run
     return LetorFile(labels, qids, features)
 
 
@@ -270,8 +268,7 @@ def read_letor(path, cache: bool = True) -> LetorFile:
 SYNTHETIC_VERSION = 1
 
 
-def _marker(seed: int, sizes: dict) -> dict:
-    """The contents of SYNTHETIC.json: who wrote the folder, and with which seed and sizes."""
+def _marker(seed: int, sizes: dict) -> dict:  # SYNTHETIC.json: who wrote the folder, with which seed and sizes
     return {"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed, "sizes": sizes}
 
 
@@ -336,11 +333,10 @@ def write_synthetic(out_dir, seed: int = 0, train_queries: int = 500, vali_queri
     MSLR-WEB10K's text format (dense; counts as integers, other features with 6 significant digits), the same
     for the same seed and sizes. Default: 800 queries, ~32k training documents. MSLR-WEB10K's size (10,000
     queries, ~1.2M documents, lists of 1..1,251, mean ~120): train_queries=6000, vali_queries=2000,
-    test_queries=2000, median_list_len=84, max_list_len=1251. Story: a document has hidden relevance r,
-    specificity s, popularity p (anti-correlated with s), depth d and two raters' qualities q1, q2. Relevance
-    0-4 follows r (~51% 0s, ~1% 4s, as MSLR); clicks I follow s and II follow p, so they conflict; dwell time
-    III follows d; quality scores IV, V (0-255) follow q1, q2 (correlation -0.5). All follow r partly and hold
-    noise no feature sees. Features 1-131 are noisy, heavy-tailed views of the traits, named as in MSLR.
+    test_queries=2000, median_list_len=84, max_list_len=1251. Story: relevance 0-4 (~51% 0s, ~1% 4s, as MSLR)
+    follows a hidden relevance r; clicks I follow specificity s, clicks II popularity p (anti-correlated with
+    s: they conflict), dwell time III depth d, quality scores IV, V (0-255) two raters' q1, q2 (correlation
+    -0.5); all follow r partly. Features 1-131 are noisy, heavy-tailed views of the traits, named as in MSLR.
     """
     sizes = dict(train_queries=train_queries, vali_queries=vali_queries, test_queries=test_queries,
                  median_list_len=float(median_list_len), max_list_len=max_list_len)
@@ -435,12 +431,12 @@ def _signed_log1p(x: np.ndarray, rows: int = 16384):
 
 
 def fit_normalization(train: LetorFile, objectives, label_transform: str = "none") -> dict:
-    """Statistics from the training split only, as plain lists / floats / str (JSON and weights_only safe).
+    """Statistics of the training split only, as plain lists / floats / str (JSON- and weights_only-safe).
 
-    Inputs: x -> (sign(x) log(1 + |x|) - mean) / std per column (our choice, SPEC sec. 5: Qin et al., ICLR
-    2021, log1p MSLR for neural rankers); a constant column maps to 0. Labels (issue 10): "none" gives Eq. 8
-    the raw values, as the paper; "log1p-zscore" gives it log(1 + z) for "l1" objectives and (z - mean) / std
-    for "softmax" ones (on raw 0-255 scores the softmax is almost an argmax: the ill-posed front of Fig. 2b).
+    Inputs (our choice, SPEC sec. 5; the log1p Qin et al., ICLR 2021, use for neural rankers on MSLR):
+    x -> (sign(x) log(1 + |x|) - mean) / std per column; a constant column maps to 0. Labels: "none" gives
+    Eq. 8 the raw values, as the paper does; "log1p-zscore" gives it log(1 + z) for "l1" objectives and
+    (z - mean) / std for "softmax" ones (on raw 0-255 scores the softmax is almost an argmax, Fig. 2b).
     """
     if label_transform not in LABEL_TRANSFORMS:
         raise ValueError(f"label_transform: expected one of {LABEL_TRANSFORMS}, got {label_transform!r}")
@@ -784,7 +780,7 @@ def main(argv=None) -> None:
         out = write_synthetic(args.out, seed=args.seed)
         print(f"wrote {os.path.join(out, 'Fold1')}/{{train,vali,test}}.txt in {time.perf_counter() - t0:.1f} s")
     elif args.command == "preferences":
-        pairs = read_preferences(write_synthetic_preferences(args.out, num_pairs=max(args.pairs, 1), seed=args.seed))
+        pairs = read_preferences(write_synthetic_preferences(args.out, num_pairs=args.pairs, seed=args.seed))
         print(f"wrote {args.out}: {len(pairs)} pairs, {pairs.disagreement():.1%} with better_response_id != "
               f"safer_response_id")
     else:
@@ -799,11 +795,9 @@ def main(argv=None) -> None:
             hist = np.bincount(np.clip(letor.labels.astype(int), 0, 4), minlength=5) / max(n, 1) * 100
             print(f"{name:6s} {len(lens):8d} {n:10d} {f'{lens.min()} / {lens.mean():.1f} / {lens.max()}' if n else '-':>20s}"
                   f"   {' '.join(f'{h:4.1f}' for h in hist)}   {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} rows/s)")
-        print("auxiliary columns (last split): objective  column  zero%  mean  max")
-        for obj in OBJECTIVES:
-            v = letor.features[:, obj.column - 1]
-            print(f"  {obj.roman:>3s} {obj.name:17s} {obj.column:4d} {100 * (v == 0).mean():6.1f} {v.mean():10.2f} "
-                  f"{v.max():10.0f}")
+        for o, v in ((o, letor.features[:, o.column - 1]) for o in OBJECTIVES):  # the auxiliary labels
+            print(f"{o.roman:>3s} {o.name:17s} (column {o.column}): {100 * (v == 0).mean():5.1f}% zeros, mean "
+                  f"{v.mean():.2f}, max {v.max():.0f}")
 
 
 if __name__ == "__main__":
