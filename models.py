@@ -20,6 +20,8 @@ import torch.nn as nn
 
 from losses import compose_temperature, normalize_temperature, rescale_temperature
 
+CHECKPOINT_VERSION = 2  # train_ltr.py's base.pt / model.pt (2: plain values only, numpy Generator state)
+
 
 @dataclass
 class RankerConfig:
@@ -35,8 +37,7 @@ class RankerConfig:
     parametrization: str = "scratch"  # "scratch": s = net(y, w); "augment": s = s0(y) + net(y, w) (App. A.6.3)
 
     @property
-    def input_dim(self) -> int:
-        """Features plus the conditioning inputs concatenated to every document (Sec. 4.1)."""
+    def input_dim(self) -> int:  # features plus the conditioning inputs concatenated to every document (Sec. 4.1)
         return self.num_features + self.num_objectives * (2 if self.temperature_input else 1)
 
     def to_dict(self) -> dict:
@@ -88,10 +89,8 @@ def interpolate_states(states: Sequence[dict], w: Sequence[float]) -> dict:
 
 def steered_scores(model: Ranker, features: torch.Tensor, mask: torch.Tensor, ref_scores: torch.Tensor, w=None,
                    c: Optional[float] = None, beta=None) -> torch.Tensor:
-    """Scores (B, n) of a trained ranker at weight w (m,; unconditioned models ignore it), ref_scores (B, n) = s0.
-
-    W-COS and the baselines: Eq. 14 at temperature scale c (None = as trained); T-COS: the network sees
-    beta_bar and its output is composed with Eq. 15 at c * beta."""
+    """Scores (B, n) of a trained ranker at weight w (m,), ref_scores (B, n) = s0. W-COS and the baselines:
+    Eq. 14 at temperature scale c (None = as trained); T-COS: beta_bar in, output composed by Eq. 15 at c * beta."""
     cfg, device = model.config, features.device
     w = torch.as_tensor(w, dtype=torch.float32, device=device) if cfg.num_objectives else None
     if cfg.temperature_input:
@@ -138,10 +137,8 @@ def load_checkpoint(path: str, kind: str) -> dict:
 
 class TrainedRanker:
     """A train_ltr.py model.pt rebuilt from the checkpoint dict alone: base s0, the method's model(s), controls.
-
     W-COS and T-COS serve every w with one model, a Soup interpolates its unit models at any w, DPO-LS and
-    MO-DPO have one model per evaluation weight (ckpt["weights"]). A batch: .features (B, n, d), .mask (B, n).
-    """
+    MO-DPO have one model per evaluation weight (ckpt["weights"]). A batch: .features (B, n, d), .mask (B, n)."""
 
     def __init__(self, ckpt: dict, device: str = "cpu"):
         self.ckpt, self.device = ckpt, device
@@ -154,6 +151,8 @@ class TrainedRanker:
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> "TrainedRanker":
         ckpt = load_checkpoint(path, "cosdpo-ltr")
+        if ckpt["version"] != CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: written by an older train_ltr.py (format {ckpt['version']}); train it again")
         if not ckpt["complete"]:
             raise ValueError(f"{path} is from an unfinished run; finish it with --resume first")
         return cls(ckpt, device)
@@ -173,8 +172,8 @@ class TrainedRanker:
                          f"of them: {self.weights}")
 
     @torch.no_grad()
-    def scores(self, batch, w, ref: Optional[torch.Tensor] = None, c: Optional[float] = None, beta=None) -> torch.Tensor:
-        """(B, n) scores at weight w; ref: (B, n) base scores s0 (computed when None); c: Eq. 14; beta: T-COS, Eq. 15."""
+    def scores(self, batch, w, ref: Optional[torch.Tensor] = None, c: Optional[float] = None, beta=None):
+        """(B, n) scores at weight w; ref: (B, n) base scores s0 (None: computed); c: Eq. 14; beta: T-COS, Eq. 15."""
         features, mask = batch.features.to(self.device), batch.mask.to(self.device)
         ref = self.base(features, mask) if ref is None else ref.to(self.device)
         return steered_scores(self.model_at(w), features, mask, ref, w, c, self.beta if beta is None else beta)
