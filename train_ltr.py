@@ -39,11 +39,10 @@ import data as data_lib
 import pareto
 from losses import (compose_temperature, cosine_penalty, has_preference, lipo_losses, listnet_loss, mean_over_lists,
                     modpo_loss, normalize_temperature, sample_weights, scalarize)
-from models import (Ranker, RankerConfig, TrainedRanker, count_parameters, load_checkpoint, ranker_from,
-                    resolve_device, steered_scores)
+from models import (CHECKPOINT_VERSION, Ranker, RankerConfig, TrainedRanker, count_parameters, load_checkpoint,
+                    ranker_from, resolve_device, steered_scores)
 
 METHODS = ("wcos", "tcos", "ls", "soup", "modpo")
-CHECKPOINT_VERSION = 2  # 2: numpy Generator state for the w draws, plain-value checkpoints (weights_only=True)
 
 # Named presets fill the defaults before command-line overrides (STYLE practice 8).
 PRESETS = {
