@@ -3,8 +3,8 @@ augmentation, post-training control (Eq. 14-15), checkpoint loading."""
 import pytest
 import torch
 
-from models import (Ranker, RankerConfig, count_parameters, interpolate_states, load_checkpoint,
-                    resolve_device, steered_scores)
+from models import (CHECKPOINT_VERSION, Ranker, RankerConfig, TrainedRanker, count_parameters, interpolate_states,
+                    load_checkpoint, resolve_device, steered_scores)
 
 
 def tiny(**kw):
@@ -126,6 +126,15 @@ def test_load_checkpoint_gives_one_line_errors(tmp_path):
         with pytest.raises(ValueError, match=message) as err:
             load_checkpoint(str(path), "cosdpo-ltr-base" if path == good else "cosdpo-ltr")
         assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_trained_ranker_refuses_an_older_or_unfinished_model_pt(tmp_path):
+    path = str(tmp_path / "model.pt")
+    for ckpt, message in ((dict(kind="cosdpo-ltr", version=1, complete=True), "older train_ltr.py"),
+                          (dict(kind="cosdpo-ltr", version=CHECKPOINT_VERSION, complete=False), "unfinished run")):
+        torch.save(ckpt, path)
+        with pytest.raises(ValueError, match=message):
+            TrainedRanker.load(path)
 
 
 def test_resolve_device():
