@@ -179,58 +179,33 @@ class TrainedRanker:
         return steered_scores(self.model_at(w), features, mask, ref, w, c, self.beta if beta is None else beta)
 
 
-# ==== LLM: Hyper Prompt Tuning, LoRA and sequence log-probs (Sec. 4.2) ====
-#
-# Sec. 4.2, Fig. 4: the LLM is steered by w through Hyper Prompt Tuning (HPT), a prefix of k "virtual
-# tokens" whose embedding depends on w, and fine-tuned with LoRA; the LM's own weights stay frozen.
-#
-#     HyperPromptConfig, HyperPrompt   w (m,) or (B, m) -> masked prefix (B, k, d)            Fig. 4
-#     PrefixLM                         prefix + any Hugging Face causal LM -> logits at token positions
-#     sequence_logps                   logits, labels, response mask -> log p(y|x) per sequence  (SPEC 1)
-#     LoRAConfig, LoRA, apply_lora     low-rank adapters on nn.Linear and on GPT-2's Conv1D
-#     lora_disabled                    context manager: the base (reference) LM, for log p0(y|x)
-#     trainable_state, interpolate_states   the trained parameters only; DPO Soup's interpolation
-#
-# Why our own LoRA and not `peft` (the paper's choice): the user's package list is torch, numpy,
-# transformers, matplotlib and pytest, and LoRA is twenty lines: y = W x + (alpha / r) * B A x with B = 0 at
-# the start. The adapted model then starts exactly equal to the base model, and the reference model is
-# the same network with the adapters switched off (no second copy of the LM in memory).
-# Nothing below imports `transformers`: a PrefixLM takes an already built model, so the ranking path and
-# the tests that do not touch an LLM never pay for the import.
+# ==== LLM: Hyper Prompt Tuning, LoRA and sequence log-probs (Sec. 4.2, Fig. 4) ====
+# The LLM is steered by w through a prefix of k "virtual tokens" whose embedding depends on w (HPT), and
+# fine-tuned with LoRA; the LM's own weights stay frozen. Our own twenty-line LoRA rather than `peft` (the
+# paper's choice, not a dependency here): with the adapters switched off, the same network is the reference
+# model p0, so no second copy of the LM is kept. Nothing here imports transformers: PrefixLM takes a built LM.
 
 
 @dataclass
 class HyperPromptConfig:
-    """Shape of a HyperPrompt; saved in the checkpoint. Paper (Sec. 4.2): k = 8 virtual tokens, rank r = 4."""
+    """Shape of a HyperPrompt, saved in the checkpoint. Paper (Sec. 4.2): k = 8, r = 4."""
     embed_dim: int                 # d: the LM's input-embedding width (GPT-2 small: 768)
     num_objectives: int = 2        # m: length of w. 0 = plain prompt tuning (the baselines' prefix, no w)
     num_virtual_tokens: int = 8    # k
     rank: int = 4                  # r: rank of the mask A @ B
     hidden: int = 64               # width of the two MLPs (not given in the paper)
 
-    def __post_init__(self):
-        for name in ("embed_dim", "num_virtual_tokens", "rank", "hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"HyperPromptConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_objectives < 0:
-            raise ValueError(f"HyperPromptConfig.num_objectives must be >= 0, got {self.num_objectives}")
-
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class HyperPrompt(nn.Module):
-    """Hyper Prompt Tuning (Sec. 4.2, Fig. 4): prefix(w) = (A(w) @ B(w)) * P, one (k, d) block per w.
+    """Hyper Prompt Tuning (Fig. 4): prefix(w) = (A(w) @ B(w)) * P, entrywise, one (k, d) block per w.
 
-    P (k, d) is a trainable prefix embedding; two small MLPs map w to A (k, r) and B (r, d); the rank-r
-    mask A @ B multiplies P entrywise. With num_objectives = 0 there are no MLPs and the prefix is P itself:
-    plain prompt tuning (Lester et al. 2021), which the paper adds to the baselines (App. A.1, Sec. 4.2).
-
-    Initialisation (the paper gives none; our choice): P from `init_prefix` (train_llm.py passes the
-    embeddings of the prompt template's first tokens, a text init as in Lester et al.), else N(0, 0.02^2).
-    The last bias of each MLP is 1/sqrt(r), so with zero MLP weights A @ B would be exactly all ones; with the
-    usual small random weights the mask starts near all ones, i.e. HPT starts near plain prompt tuning, and
-    the MLP weights learn the w-dependence.
+    P (k, d) is trainable; two small MLPs map w to A (k, r) and B (r, d). With num_objectives = 0 the prefix is
+    P itself: plain prompt tuning (Lester et al. 2021), which the paper gives the baselines (App. A.1).
+    Initialisation (the paper gives none): P = init_prefix (default N(0, 0.02^2)); the last MLP biases are
+    1/sqrt(r), so A @ B starts near all ones and HPT starts near plain prompt tuning.
     """
 
     def __init__(self, config: HyperPromptConfig, init_prefix: Optional[torch.Tensor] = None):
@@ -238,183 +213,102 @@ class HyperPrompt(nn.Module):
         self.config = config
         k, d, r, m, h = (config.num_virtual_tokens, config.embed_dim, config.rank, config.num_objectives,
                          config.hidden)
-        if init_prefix is None:
-            init_prefix = 0.02 * torch.randn(k, d)
-        if init_prefix.shape != (k, d):
-            raise ValueError(f"init_prefix must have shape ({k}, {d}) = (num_virtual_tokens, embed_dim), "
-                             f"got {tuple(init_prefix.shape)}")
-        self.prefix = nn.Parameter(init_prefix.detach().clone().float())  # P (k, d)
+        init = 0.02 * torch.randn(k, d) if init_prefix is None else init_prefix.detach().clone()
+        self.prefix = nn.Parameter(init.float())  # P (k, d)
         if m > 0:
             self.mlp_a = nn.Sequential(nn.Linear(m, h), nn.Tanh(), nn.Linear(h, k * r))  # w -> A (k, r)
             self.mlp_b = nn.Sequential(nn.Linear(m, h), nn.Tanh(), nn.Linear(h, r * d))  # w -> B (r, d)
             with torch.no_grad():
                 for mlp in (self.mlp_a, self.mlp_b):
-                    mlp[-1].bias.fill_(1.0 / math.sqrt(r))  # A @ B = 1 (all ones) when the weights are 0
-
-    def mask(self, w: torch.Tensor) -> torch.Tensor:
-        """The HPT mask A(w) @ B(w): w (m,) -> (k, d), or w (B, m) -> (B, k, d)."""
-        cfg = self.config
-        k, d, r, m = cfg.num_virtual_tokens, cfg.embed_dim, cfg.rank, cfg.num_objectives
-        if m == 0:
-            raise ValueError("this HyperPrompt is plain prompt tuning (num_objectives = 0): it has no mask")
-        if w.dim() not in (1, 2) or w.shape[-1] != m:
-            raise ValueError(f"w must have shape ({m},) or (B, {m}) to match the {m} objectives, got {tuple(w.shape)}")
-        w = w.to(self.prefix.dtype)
-        a = self.mlp_a(w).unflatten(-1, (k, r))  # (..., k, r)
-        b = self.mlp_b(w).unflatten(-1, (r, d))  # (..., r, d)
-        return a @ b  # (..., k, d)
+                    mlp[-1].bias.fill_(1.0 / math.sqrt(r))  # A @ B = all ones when the MLP weights are 0
 
     def forward(self, w: Optional[torch.Tensor] = None, batch_size: int = 1) -> torch.Tensor:
-        """The prefix embeddings for a batch: (batch_size, k, d).
-
-        w: (m,) one weight for the whole batch, or (batch_size, m) one per sequence; must be None for plain
-        prompt tuning (num_objectives = 0).
-        """
-        m = self.config.num_objectives
-        if m == 0:
-            if w is not None:
-                raise ValueError("this HyperPrompt is plain prompt tuning (num_objectives = 0): pass w=None")
-            return self.prefix.expand(batch_size, -1, -1)  # (B, k, d)
-        if w is None:
-            raise ValueError(f"HyperPrompt needs w of shape ({m},) or ({batch_size}, {m})")
-        if w.dim() == 2 and w.shape[0] != batch_size:
-            raise ValueError(f"w has {w.shape[0]} rows but the batch has {batch_size} sequences")
-        prefix = self.mask(w) * self.prefix  # (k, d) or (B, k, d): entrywise product, Fig. 4
-        return prefix.expand(batch_size, -1, -1) if prefix.dim() == 2 else prefix
+        """Prefix embeddings (batch_size, k, d). w: (m,) for the whole batch or (batch_size, m); None if m = 0."""
+        cfg = self.config
+        if cfg.num_objectives == 0:
+            return self.prefix.expand(batch_size, -1, -1)
+        w = w.to(self.prefix.dtype)
+        a = self.mlp_a(w).unflatten(-1, (cfg.num_virtual_tokens, cfg.rank))  # (..., k, r)
+        b = self.mlp_b(w).unflatten(-1, (cfg.rank, cfg.embed_dim))  # (..., r, d)
+        return ((a @ b) * self.prefix).expand(batch_size, -1, -1)  # (B, k, d): mask times P (Fig. 4)
 
 
 class PrefixLM(nn.Module):
-    """A causal LM with a (hyper) prompt prepended to its input embeddings (Fig. 4).
-
-    forward(input_ids, attention_mask, w) embeds the tokens with the LM's own embedding table, concatenates
-    the prefix (B, k, d) in front, runs the LM on `inputs_embeds`, and returns the logits at the T token
-    positions only: the outputs at the k prefix positions are discarded (Fig. 4 "Discard"), so every caller
-    sees logits aligned with `input_ids`, exactly as without a prefix.
-
-    Positions (position_ids = 0..k-1 for the prefix, then 0..T-1 for the tokens): the tokens keep exactly the
-    positions they have without a prefix, so the policy and the reference p0 (no prefix) see the same
-    positional encoding of every token and differ only by what the prefix and LoRA add. This follows Fig. 4,
-    where the prefix joins the token embeddings AFTER their positional encoding. Standard prompt tuning (PEFT)
-    instead numbers the k + T inputs 0..k+T-1, which shifts every token by k: harmless for a big pretrained
-    GPT-2, but a small model trained only at positions 0.. (our default p0) then sees unfamiliar positions.
-    The prefix itself does get the LM's positional encoding of positions 0..k-1 (GPT-2 adds its learned
-    position embeddings to it, a fixed offset that the trainable P absorbs; rotary models such as Llama /
-    SmolLM2 rotate it at 0..k-1). Departure from the letter of Fig. 4, where the prefix gets none: an LM's
-    forward adds its encoding to every input and offers no switch to skip some.
-    Padding: RIGHT padding only (real tokens first, padding last), which the data code produces and we check;
-    causal attention then never lets a real token see a padded one, and the attention mask is extended with
-    k ones for the prefix. Because the position ids restart at the first token, an LM run with
-    attn_implementation="flash_attention_2" would read them as two packed sequences; use "sdpa" or "eager".
-
-    The LM runs in eval mode: dropout off (as TRL's DPO default), so the policy and the reference are the
-    same deterministic network apart from LoRA and the prefix.
-    """
+    """A causal LM with a (hyper) prompt in front of its token embeddings (Fig. 4); the k prefix outputs are
+    discarded, so the logits align with input_ids. Positions as PEFT's prompt tuning (the paper builds on TRL
+    and PEFT): prefix 0..k-1, tokens k..k+T-1; the reference (use_prefix=False) keeps 0..T-1. Right padding
+    only (as tokenize_pairs makes it). The LM stays in eval mode (dropout off, TRL's DPO default); under
+    activation checkpointing its checkpointed blocks alone are flagged as training, the switch transformers
+    reads to recompute them."""
 
     def __init__(self, lm: nn.Module, prompt: Optional[HyperPrompt] = None):
         super().__init__()
-        self.lm = lm.eval()
-        self.prompt = prompt
-        d = lm.get_input_embeddings().weight.shape[1]
-        if prompt is not None and prompt.config.embed_dim != d:
-            raise ValueError(f"prompt embed_dim {prompt.config.embed_dim} != the LM's embedding width {d}")
+        self.lm, self.prompt = lm.eval(), prompt
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.lm.eval()  # dropout stays off in the frozen LM (see the class docstring)
+        self.lm.eval()
+        for module in self.lm.modules():
+            if getattr(module, "gradient_checkpointing", False):
+                module.training = mode
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, w: Optional[torch.Tensor] = None,
                 use_prefix: bool = True) -> torch.Tensor:
         """Logits (B, T, V) at the token positions. input_ids, attention_mask: (B, T), right-padded.
 
-        w: (m,) or (B, m) for a HyperPrompt, None for plain prompt tuning. use_prefix=False runs the LM on
-        the tokens alone (with LoRA as it stands: wrap in `lora_disabled` for the reference model p0).
-        """
-        if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
-            raise ValueError(f"input_ids and attention_mask must both be (B, T), got {tuple(input_ids.shape)} "
-                             f"and {tuple(attention_mask.shape)}")
-        attention_mask = attention_mask.to(torch.long)
-        if getattr(getattr(self.lm, "config", None), "_attn_implementation", None) == "flash_attention_2":
-            raise ValueError('PrefixLM needs attn_implementation "sdpa" or "eager" (see the position note above)')
-        if (attention_mask[:, 1:] > attention_mask[:, :-1]).any():
-            raise ValueError("attention_mask must be right-padded (ones, then zeros): the prefix numbering "
-                             "of positions assumes it (see PrefixLM)")
+        w: (m,) or (B, m) for a HyperPrompt, None for plain prompt tuning. use_prefix=False runs the LM on the
+        tokens alone, LoRA as it stands (wrap in `lora_disabled` for the reference model p0)."""
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d)
+        mask = attention_mask.long()
         if not use_prefix or self.prompt is None:
-            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask).logits  # (B, T, V)
+            return self.lm(inputs_embeds=embeds, attention_mask=mask).logits  # positions 0..T-1
         B, T = input_ids.shape
-        prefix = self.prompt(w, batch_size=B).to(embeds.dtype)  # (B, k, d)
+        prefix = self.prompt(w, B).to(embeds.dtype)  # (B, k, d)
         k = prefix.shape[1]
-        embeds = torch.cat([prefix, embeds], 1)  # (B, k + T, d)
-        mask = torch.cat([attention_mask.new_ones(B, k), attention_mask], 1)  # (B, k + T)
-        positions = torch.cat([torch.arange(k), torch.arange(T)]).to(input_ids.device).expand(B, -1)  # (B, k + T)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits  # (B, k+T, V)
+        positions = torch.arange(k + T, device=input_ids.device).expand(B, -1)  # prefix 0..k-1, tokens k..k+T-1
+        logits = self.lm(inputs_embeds=torch.cat([prefix, embeds], 1), position_ids=positions,
+                         attention_mask=torch.cat([mask.new_ones(B, k), mask], 1)).logits  # (B, k + T, V)
         return logits[:, k:]  # (B, T, V): prefix outputs discarded
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Sequence log-probability log p(y|x) = sum over response tokens t of log p(y_t | x, y_<t) (SPEC 1).
+    """log p(y|x) = sum over response tokens t of log p(y_t | x, y_<t) (SPEC 1): the DPO score of Eq. 5.
 
-    The DPO "score" of a response (Eq. 5 / Eq. 8 with s = log p). logits: (B, T, V), position t predicting
-    token t + 1 (the usual one-token shift); labels: (B, T) token ids; response_mask: (B, T) bool, True at
-    response tokens (prompt and padding False, so they never count). The first token has no prediction, so
-    response_mask[:, 0] must be False (a prompt has at least one token). Returns (B,) in float32.
+    logits (B, T, V), position t predicting token t + 1; labels (B, T) token ids; response_mask (B, T) bool,
+    True at response tokens (position 0 has no prediction and is ignored). Returns (B,) float32.
     """
-    if logits.dim() != 3 or labels.shape != logits.shape[:2] or response_mask.shape != labels.shape:
-        raise ValueError(f"need logits (B, T, V), labels (B, T) and response_mask (B, T); got "
-                         f"{tuple(logits.shape)}, {tuple(labels.shape)}, {tuple(response_mask.shape)}")
-    if response_mask[:, 0].any():
-        raise ValueError("response_mask[:, 0] must be False: the first token has no prediction (empty prompt?)")
     logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t + 1
-    targets = labels[:, 1:]  # (B, T-1)
-    mask = response_mask[:, 1:].to(torch.bool)  # (B, T-1)
-    token_logps = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-    return torch.where(mask, token_logps, 0.0).sum(-1)  # (B,); where, not *: nan/inf outside y cannot leak
+    # log softmax at the target, z_y - logsumexp(z): no second (B, T-1, V) tensor kept for the backward pass
+    token_logps = logits.gather(-1, labels[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)  # (B, T-1)
+    return torch.where(response_mask[:, 1:].bool(), token_logps, 0.0).sum(-1)  # where: nan outside y cannot leak
 
 
 @dataclass
 class LoRAConfig:
-    """LoRA settings (Hu et al. 2022); paper Sec. 4.2: alpha = 8, r = 4. Saved in the checkpoint.
-
-    targets: module names (the last part of the dotted name) that get adapters. Default: the attention input
-    projections, PEFT's default choice per architecture (GPT-2 "c_attn"; Llama / SmolLM2 "q_proj", "v_proj").
-    """
+    """LoRA (Hu et al. 2022); paper Sec. 4.2: alpha = 8, r = 4. Saved in the checkpoint. targets: the last
+    part of module names that get adapters (PEFT's defaults: GPT-2 "c_attn", Llama / SmolLM2 q_proj, v_proj)."""
     rank: int = 4
     alpha: float = 8.0
     targets: tuple = ("c_attn", "q_proj", "v_proj")
-
-    def __post_init__(self):
-        self.targets = tuple(self.targets)
-        if self.rank < 1 or not self.alpha > 0 or not self.targets:
-            raise ValueError(f"LoRAConfig needs rank >= 1, alpha > 0 and at least one target, got {self}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class LoRA(nn.Module):
-    """A frozen linear map plus a trainable low-rank update: y = base(x) + (alpha / r) * x A^T B^T.
-
-    base: an nn.Linear (weight (out, in), y = x W^T + b) or a transformers GPT-2 `Conv1D` (weight stored
-    TRANSPOSED as (in, out), y = x W + b); recognised by its class name so that this file needs no
-    transformers import. A (r, in) is Kaiming-uniform and B (out, r) is zero (as PEFT): the adapted model
-    starts exactly equal to the base model. `enabled = False` gives the base map back (see lora_disabled).
-    """
+    """y = base(x) + (alpha / r) * x A^T B^T around a frozen nn.Linear or GPT-2 Conv1D (weight stored as
+    (in, out), recognised by class name so that this file needs no transformers). A (r, in) Kaiming-uniform,
+    B (out, r) zero (as PEFT): the adapted map starts equal to the base. enabled = False: the base map."""
 
     def __init__(self, base: nn.Module, rank: int = 4, alpha: float = 8.0):
         super().__init__()
-        if isinstance(base, nn.Linear):
-            in_features, out_features = base.in_features, base.out_features
-        elif type(base).__name__ == "Conv1D" and base.weight.dim() == 2:
-            in_features, out_features = base.weight.shape  # Conv1D: (in, out)
-        else:
-            raise ValueError(f"LoRA wraps nn.Linear or GPT-2's Conv1D, got {type(base).__name__}")
-        self.base = base
+        conv1d = type(base).__name__ == "Conv1D"
+        in_features, out_features = base.weight.shape if conv1d else (base.in_features, base.out_features)
+        self.base, self.scaling, self.enabled = base, alpha / rank, True
         self.lora_A = nn.Parameter(torch.empty(rank, in_features))  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))  # (out, r), zero: no change at the start
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as PEFT
-        self.scaling = alpha / rank
-        self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -425,24 +319,19 @@ class LoRA(nn.Module):
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
-    """Freeze every weight of `model`, then replace each target module by a LoRA wrapper (in place).
-
-    Returns the dotted names of the wrapped modules; ValueError when no module name matches config.targets.
-    After this, the only trainable parameters of `model` are the LoRA matrices A and B.
-    """
+    """Freeze `model`, then wrap each linear layer named in config.targets in a LoRA (in place); the LoRA
+    matrices are then its only trainable parameters. Returns the wrapped names."""
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapped = []
-    for name, module in list(model.named_modules()):
-        if name.rsplit(".", 1)[-1] in config.targets and not isinstance(module, LoRA):
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], LoRA(module, config.rank, config.alpha))
-            wrapped.append(name)
-    if not wrapped:
-        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"})
-        raise ValueError(f"LoRA targets {config.targets} match no module of {type(model).__name__}; "
+    linear = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"}
+    wrapped = [n for n in linear if n.rsplit(".", 1)[-1] in config.targets]
+    if not wrapped:  # the one guard: --lora-targets comes from the user
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        raise ValueError(f"LoRA targets {tuple(config.targets)} match no linear layer of {type(model).__name__}; "
                          f"its linear layers are named {leaves}")
+    for name in wrapped:
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, LoRA(linear[name], config.rank, config.alpha))
     return wrapped
 
 
@@ -450,14 +339,13 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
 def lora_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """`with lora_disabled(lm): ...` runs the base LM (every LoRA wrapper off), e.g. for log p0(y|x)."""
     layers = [m for m in model.modules() if isinstance(m, LoRA)]
-    before = [m.enabled for m in layers]
     for m in layers:
         m.enabled = False
     try:
         yield model
     finally:
-        for m, e in zip(layers, before):
-            m.enabled = e
+        for m in layers:
+            m.enabled = True
 
 
 def trainable_state(model: nn.Module) -> dict:

@@ -7,7 +7,7 @@ Run from the repository root:
     python benchmarks/bench_llm.py --gguf-file F.gguf --batch-size 4 --repeats 5   # a real model
 The steps are timed alternately on one batch (forward, backward, Adam step), medians reported: plain LoRA DPO,
 LoRA + plain prompt tuning DPO (the baselines' setting) and W-COS-DPO (HPT + LoRA, w ~ Dir, two objectives,
-cosine penalty 0.1). Also printed:
+cosine penalty 0.1 as train_llm.py applies it). Also printed:
 what recomputing the reference log-probs every step would add (train_llm.py computes them once per pair,
 without gradients, and caches them).
 """
@@ -20,6 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import data as data_lib  # noqa: E402
@@ -53,7 +54,8 @@ def main():
         tokenizer = data_lib.ByteTokenizer()
         lm = train_llm.tiny_gpt2(tokenizer.vocab_size, args.max_length + 8, 2, 64, 4)
     else:
-        lm, tokenizer = train_llm.load_base(dict(kind="pretrained", model=args.model, gguf_file=args.gguf_file), "cpu")
+        base = dict(source="pretrained", model=args.model, gguf_file=args.gguf_file)
+        lm, tokenizer = train_llm.load_base(base, "cpu")
     encode, pad, eos, bos = train_llm.token_ids(tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         pairs = data_lib.read_preferences(data_lib.write_synthetic_preferences(os.path.join(tmp, "p.jsonl"), 64))
@@ -70,14 +72,14 @@ def main():
                                     train_llm.prefix_init_ids(encode, 8), 0)
     hpt = train_llm.build_policy(lm, HyperPromptConfig(embed_dim=d, num_objectives=2), LoRAConfig(),
                                  train_llm.prefix_init_ids(encode, 8), 0)
-    ref = train_llm.reference_logps(hpt, data, args.batch_size, "cpu", range(args.batch_size))  # (B, 2), cached
+    ref = train_llm.all_logps(hpt, data, None, args.batch_size, "cpu", range(args.batch_size), reference=True)  # (B, 2)
     labels, beta = batch["labels"], torch.tensor([0.1, 0.1])
     chosen = labels[:, :, 0].argmax(1)  # objective 1 (helpfulness): the plain DPO step trains on it
     ar = torch.arange(args.batch_size)
     opt_plain = torch.optim.Adam([q for q in plain.parameters() if q.requires_grad], lr=1e-4)
     opt_hpt = torch.optim.Adam([q for q in hpt.parameters() if q.requires_grad], lr=1e-4)
     opt_prompt = torch.optim.Adam([q for q in prompt.parameters() if q.requires_grad], lr=1e-4)
-    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
 
     def dpo_step(policy, opt):  # single-objective DPO (Eq. 5)
         logps = train_llm.policy_logps(policy, batch, None)  # (B, 2)
@@ -93,16 +95,16 @@ def main():
         dpo_step(prompt, opt_prompt)
 
     def wcos_step():  # W-COS-DPO with HPT + LoRA: w ~ Dir(alpha), both objectives, cosine penalty
-        w = sample_weights([0.5, 0.5], 1, gen)[0]
+        w = sample_weights([0.5, 0.5], 1, rng)[0]
         logps = train_llm.policy_logps(hpt, batch, w)
         L = train_llm.objective_losses(logps, ref, labels, beta)
-        loss = scalarize(L, w) + 0.1 * cosine_penalty(L, w)
+        loss = scalarize(L, w) - 0.1 * cosine_penalty(L, w)
         opt_hpt.zero_grad(set_to_none=True)
         loss.backward()
         opt_hpt.step()
 
     def ref_recompute():  # what a step would add if it recomputed log p0 (no grad) instead of caching it
-        train_llm.reference_logps(hpt, data, args.batch_size, "cpu", range(args.batch_size))
+        train_llm.all_logps(hpt, data, None, args.batch_size, "cpu", range(args.batch_size), reference=True)
 
     steps = dict(plain=plain_step, prompt=prompt_step, wcos=wcos_step, ref=ref_recompute)
     for fn in steps.values():  # warm-up

@@ -18,7 +18,7 @@ import data as data_lib
 import train_llm
 from losses import dpo_loss
 from models import (HyperPrompt, HyperPromptConfig, LoRA, LoRAConfig, PrefixLM, apply_lora, interpolate_states,
-                    lora_disabled, sequence_logps)
+                    load_checkpoint, lora_disabled, sequence_logps)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,9 +91,10 @@ def test_sequence_logps_ignores_prompt_and_padding_logits():
     assert torch.equal(sequence_logps(logits2, labels2, resp), base)
 
 
-def test_sequence_logps_refuses_a_response_at_position_zero():
-    with pytest.raises(ValueError, match="first token"):
-        sequence_logps(torch.randn(1, 3, 4), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool))
+def test_sequence_logps_ignores_position_zero_which_has_no_prediction():
+    logits, labels = torch.randn(1, 3, 4), torch.tensor([[1, 2, 3]])
+    every, no_first = torch.ones(1, 3, dtype=torch.bool), torch.tensor([[False, True, True]])
+    assert torch.equal(sequence_logps(logits, labels, every), sequence_logps(logits, labels, no_first))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,26 +134,23 @@ def test_prefix_outputs_never_reach_the_logps(k):
     assert torch.allclose(sequence_logps(logits, ids, resp), sequence_logps(manual, ids, resp))
 
 
-def test_prefixlm_equals_manual_concatenation_on_gpt2():
-    """PrefixLM = run GPT-2 on [prefix; token embeddings] with positions (0..k-1, 0..T-1), drop k outputs."""
-    policy = tiny_policy(k=4)
+def test_prefix_positions_follow_peft_and_the_reference_keeps_its_own():
+    """PrefixLM = GPT-2 on [prefix; token embeddings] with PEFT's positions: prefix 0..k-1, tokens k..k+T-1,
+    k outputs dropped. The reference (no prefix) sees the tokens at 0..T-1, i.e. the plain LM."""
+    policy, k = tiny_policy(k=4), 4
     ids, attn, _ = flat(tiny_batch(2).batch([0, 1]))
-    w = torch.tensor([0.2, 0.8])
+    (B, T), w = ids.shape, torch.tensor([0.2, 0.8])
     with torch.no_grad():
+        embeds = torch.cat([policy.prompt(w, batch_size=B), policy.lm.get_input_embeddings()(ids)], 1)
+        mask = torch.cat([torch.ones(B, k, dtype=torch.long), attn.long()], 1)
+
+        def manual(positions):
+            return policy.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions.expand(B, -1)).logits[:, k:]
         got = policy(ids, attn, w=w)
-        prefix = policy.prompt(w, batch_size=ids.shape[0])
-        embeds = torch.cat([prefix, policy.lm.get_input_embeddings()(ids)], 1)
-        pos = torch.cat([torch.arange(4), torch.arange(ids.shape[1])]).expand(ids.shape[0], -1)
-        mask = torch.cat([torch.ones(ids.shape[0], 4, dtype=torch.long), attn.long()], 1)
-        full = policy.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).logits
-    assert torch.allclose(got, full[:, 4:], atol=1e-6)
-
-
-def test_prefixlm_refuses_left_padding():
-    policy = tiny_policy()
-    attn = torch.tensor([[0, 1, 1]], dtype=torch.bool)
-    with pytest.raises(ValueError, match="right-padded"):
-        policy(torch.ones(1, 3, dtype=torch.long), attn, w=torch.tensor([0.5, 0.5]))
+        assert torch.allclose(got, manual(torch.arange(k + T)), atol=1e-6)
+        restarted = manual(torch.cat([torch.arange(k), torch.arange(T)]))  # the tokens at 0..T-1 after the prefix
+        assert not torch.allclose(got, restarted, atol=1e-3)
+        assert torch.equal(policy(ids, attn, use_prefix=False), policy.lm(input_ids=ids, attention_mask=attn.long()).logits)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,7 +160,7 @@ def test_gradients_reach_hpt_and_lora_but_not_the_frozen_lm():
     policy = tiny_policy()
     data = tiny_batch(4)
     batch = data.batch(range(4))
-    ref = train_llm.reference_logps(policy, data, 8, "cpu")
+    ref = train_llm.all_logps(policy, data, None, 8, "cpu", reference=True)
     opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.1)
     for step in range(2):  # LoRA A gets its first gradient only once B != 0 (B starts at 0)
         opt.zero_grad()
@@ -202,7 +200,7 @@ def test_policy_equals_reference_at_init_without_prefix_and_dpo_is_ln2():
         with lora_disabled(policy.lm):
             ref = sequence_logps(policy(ids, attn, use_prefix=False), ids, resp).view(3, 2)
     assert torch.equal(pol, ref)  # exactly: B = 0 adds an exact zero
-    assert torch.equal(ref, train_llm.reference_logps(policy, data, 2, "cpu"))
+    assert torch.equal(ref, train_llm.all_logps(policy, data, None, 2, "cpu", reference=True))
     loss = dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1)
     assert torch.allclose(loss, torch.full((3,), math.log(2.0)))
     L = train_llm.objective_losses(pol, ref, data.labels, torch.tensor([0.1, 0.1]))
@@ -259,27 +257,21 @@ def test_apply_lora_freezes_everything_and_names_the_layers_when_nothing_matches
         apply_lora(tiny_lm(), LoRAConfig(targets=("nope",)))
 
 
-def test_hyperprompt_shapes_and_bad_w():
+def test_hyperprompt_is_the_masked_prefix_of_fig4():
     hp = HyperPrompt(HyperPromptConfig(embed_dim=6, num_objectives=2, num_virtual_tokens=3, rank=2))
     assert hp(torch.tensor([0.5, 0.5]), batch_size=4).shape == (4, 3, 6)
     w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     out = hp(w, batch_size=2)
-    assert torch.allclose(out[1], hp.mask(w[1]) * hp.prefix)  # mask = A @ B times P, row by row
-    with pytest.raises(ValueError, match=r"shape \(2,\)"):
-        hp(torch.tensor([0.2, 0.3, 0.5]))  # w of the wrong length
-    with pytest.raises(ValueError, match="rows"):
-        hp(w, batch_size=3)
+    for b in range(2):  # prefix(w) = (A(w) @ B(w)) * P, A (k, r) and B (r, d) from the two MLPs
+        a, bb = hp.mlp_a(w[b]).view(3, 2), hp.mlp_b(w[b]).view(2, 6)
+        assert torch.allclose(out[b], (a @ bb) * hp.prefix)
     plain = HyperPrompt(HyperPromptConfig(embed_dim=6, num_objectives=0, num_virtual_tokens=3))
     assert torch.equal(plain(None, 2)[0], plain.prefix)
-    with pytest.raises(ValueError, match="w=None"):
-        plain(torch.tensor([0.5, 0.5]))
 
 
 def test_interpolate_states_is_the_soup():
     a, b = {"x": torch.tensor([1.0, 2.0])}, {"x": torch.tensor([3.0, 6.0])}
     assert torch.allclose(interpolate_states([a, b], [0.25, 0.75])["x"], torch.tensor([2.5, 5.0]))
-    with pytest.raises(ValueError):
-        interpolate_states([a, b], [1.0])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -367,8 +359,10 @@ def resolve(*argv):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--weights", "0.5,0.3,0.2"], "needs 2 entries"),
+    (["--weights", "0.5,0.3,0.2"], "one per objective"),
     (["--weights", "0.5,0.6"], "summing to 1"),
+    (["--penalty", "0.1", "--method", "soup"], "wcos only"),
+    (["--test-data", "/nonexistent.jsonl"], "--test-data: no file"),
     (["--beta", "0"], "--beta must be > 0"),
     (["--alpha", "1,2,3"], "--alpha must be one number or 2"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),
@@ -381,7 +375,7 @@ def test_bad_arguments_give_clear_errors(argv, message):
 
 def test_default_weights_are_the_11_point_grid():
     args = resolve()
-    assert args.weights.shape == (11, 2) and np.allclose(args.weights[:, 0], np.linspace(0, 1, 11))
+    assert np.shape(args.weights) == (11, 2) and np.allclose(np.array(args.weights)[:, 0], np.linspace(0, 1, 11))
     assert args.beta == [0.1, 0.1]
 
 
@@ -432,8 +426,8 @@ def test_checkpoint_rebuilds_the_policy_alone(tiny_runs):
     cfg = ckpt["config"]
     pairs = data_lib.read_preferences(ckpt["data"])
     _, test = data_lib.split_pairs(pairs, cfg["test_fraction"], seed=cfg["seed"])
-    test = data_lib.tokenize_pairs(test, tok.encode, cfg["max_length"], tok.pad_token_id, tok.eos_token_id)
-    ref = train_llm.reference_logps(policy, test, 16, "cpu")
+    test = train_llm.tokenize(test, tok, ckpt["tokenize"]["chat_template"], cfg["max_length"])
+    ref = train_llm.all_logps(policy, test, None, 16, "cpu", reference=True)
     got = train_llm.evaluate(policy, ckpt["method"], ckpt["jobs"], np.array(ckpt["weights"]), test, ref,
                              cfg["beta"], 16, "cpu")
     res = json.load(open(out / "one" / "results.json"))
@@ -451,7 +445,7 @@ def test_ddp_two_processes_match_one_process(tiny_runs):
     assert np.allclose(one["aux_error"], two["aux_error"], atol=2e-3)
 
 
-def test_baselines_soup_and_ls_run_end_to_end(tmp_path):
+def test_baselines_soup_and_ls_run_end_to_end(tmp_path, capsys):
     """DPO Soup (2 unit models, interpolated) and DPO-LS (one model per weight; here 3 weights) with a plain prefix."""
     quick = ["--num-pairs", "120", "--test-fraction", "0.25", "--sft-steps", "10", "--max-steps", "5",
              "--batch-size", "4", "--tiny-width", "32", "--tiny-heads", "2", "--log-every", "5"]
@@ -463,9 +457,147 @@ def test_baselines_soup_and_ls_run_end_to_end(tmp_path):
         log = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, log[-3000:]
         res = json.load(open(tmp_path / method / "results.json"))
-        ckpt = torch.load(tmp_path / method / "model.pt", weights_only=False)
+        ckpt = load_checkpoint(str(tmp_path / method / "model.pt"), "llm")  # weights_only: tensors and plain values
         assert len(ckpt["jobs"]) == {"soup": 2, "ls": 3}[method]
         assert len(res["aux_error"]) == {"soup": 11, "ls": 3}[method]
         assert res["num_params"] == len(ckpt["jobs"]) * sum(v.numel() for v in ckpt["jobs"][0]["state"].values())
         assert ckpt["hpt_config"]["num_objectives"] == 0  # the baselines' prefix is not conditioned on w
         assert not any("mlp" in k for k in ckpt["jobs"][0]["state"])
+    # generate: a soup answers at any w; DPO-LS only at its trained weights
+    ckpt_path = str(tmp_path / "soup" / "model.pt")
+    assert train_llm.main(["generate", ckpt_path, "--w", "0.3,0.7", "--prompt", "Hi?", "--max-new-tokens", "3"]) == 0
+    ls_path = str(tmp_path / "ls" / "model.pt")
+    assert train_llm.main(["generate", ls_path, "--w", "0.5,0.5", "--prompt", "Hi?", "--max-new-tokens", "3"]) == 0
+    assert train_llm.main(["generate", ls_path, "--w", "0.3,0.7", "--prompt", "Hi?"]) == 2
+    assert "only at its training weights" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generate: answers at any w, the per-token Eq. 14 mix, steering visible in the text, bad input
+# ---------------------------------------------------------------------------------------------------------
+def safety_markers(text):
+    """+1 per safe tail, -1 per unsafe tail of the embedded set's response templates (data._SAFE / _UNSAFE)."""
+    safe = sum(text.count(t.split("{}")[0]) for t in data_lib._SAFE)
+    return safe - sum(text.count(t.split("{}")[0]) for t in data_lib._UNSAFE)
+
+
+def test_sample_with_large_c_draws_from_the_reference():
+    """c -> infinity: p0^(1-1/c) p_theta^(1/c) -> p0; compared with a naive sampler of p0 (same generator draws)."""
+    policy = tiny_policy()
+    with torch.no_grad():
+        for p in policy.parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn_like(p))  # a policy far from p0
+    prompt, w = data_lib.ByteTokenizer().encode("Human: hi\nAssistant:"), torch.tensor([0.5, 0.5])
+    got = train_llm.sample(policy, prompt, w, 12, -1, c=1e9, generator=torch.Generator().manual_seed(3))
+    ids, gen = list(prompt), torch.Generator().manual_seed(3)
+    with torch.no_grad(), lora_disabled(policy.lm):
+        for _ in range(12):
+            probs = policy.lm(input_ids=torch.tensor([ids])).logits[0, -1].softmax(-1)
+            probs, order = probs.sort(descending=True)
+            ids.append(int(order[torch.multinomial(probs, 1, generator=gen)]))
+    assert got == ids[len(prompt):]
+    at_c1 = train_llm.sample(policy, prompt, w, 12, -1, generator=torch.Generator().manual_seed(3))
+    assert at_c1 != got  # c = 1 samples the policy itself
+
+
+def test_generate_prints_answers_side_by_side_and_reads_prompt_files(tiny_runs, tmp_path, capsys):
+    out, _, _ = tiny_runs
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('How do I fix a lamp?\n\n{"prompt": "Can I win?", "response_0": "x"}\n')
+    argv = ["generate", str(out / "one" / "model.pt"), "--w", "1,0", "--w", "0.5,0.5", "--w", "0,1",
+            "--prompts", str(prompts), "--max-new-tokens", "8", "--c", "2"]
+    assert train_llm.main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [l for l in lines if l.startswith("prompt:")] == ["prompt: How do I fix a lamp?", "prompt: Can I win?"]
+    assert sum(l.startswith("  w = 0.50,0.50 | ") for l in lines) == 2 and len(lines) == 9
+
+
+@pytest.mark.parametrize("make, argv, message", [
+    (lambda d: torch.save({"kind": "ltr"}, d / "c.pt"), ["--w", "1,0", "--prompt", "x"], "expected a 'llm' checkpoint"),
+    (lambda d: (d / "c.pt").write_bytes(b"PK\x03\x04 truncated"), ["--w", "1,0", "--prompt", "x"], "c.pt"),
+    (lambda d: None, ["--w", "1,0", "--prompt", "x"], "c.pt"),  # missing checkpoint
+    (lambda d: None, ["--w", "0.7,0.7", "--prompt", "x"], "summing to 1"),
+    (lambda d: (d / "e.txt").write_text("\n  \n"), ["--w", "1,0", "--prompts", "{d}/e.txt"], "holds no prompt"),
+    (lambda d: None, ["--w", "1,0", "--prompts", "{d}/missing.txt"], "missing.txt"),
+    (lambda d: (d / "j.txt").write_text('{"text": "x"}\n'), ["--w", "1,0", "--prompts", "{d}/j.txt"], "j.txt:1"),
+])
+def test_generate_bad_input_gives_clear_errors(tmp_path, capsys, make, argv, message):
+    make(tmp_path)
+    argv = ["generate", str(tmp_path / "c.pt")] + [a.format(d=tmp_path) for a in argv]
+    assert train_llm.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# chat templates, --test-data, gradient checkpointing
+# ---------------------------------------------------------------------------------------------------------
+def chat_model_dir(path):
+    """A tiny 'pretrained' chat model on disk: byte-level tokenizer with a ChatML template, 2-layer GPT-2."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", bos_token="<|im_start|>",
+                                  chat_template=template)
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    train_llm.tiny_gpt2(len(tok), 160, 2, 32, 2).save_pretrained(path)
+    return tok
+
+
+def test_chat_template_wraps_the_prompt_and_masks_it_out(tmp_path):
+    tok = chat_model_dir(tmp_path)
+    pairs = data_lib.PreferencePairs(["How?"], [("Like this.", "No.")], data_lib.preference_labels([0], [1]))
+    data = train_llm.tokenize(pairs, tok, True, 64)
+    ids = data.input_ids[0, 0]
+    assert tok.decode(ids[data.prompt_mask[0, 0]]) == "<|im_start|>user\nHow?<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(ids[data.response_mask[0, 0]]) == "Like this.<|im_end|>"  # the answer and its end of turn
+    plain = train_llm.tokenize(pairs, tok, False, 64)
+    assert tok.decode(plain.input_ids[0, 0][plain.prompt_mask[0, 0]]) == "Human: How?\nAssistant:"
+
+
+def test_chat_template_runs_through_training_evaluation_and_generation(tmp_path, capsys):
+    chat_model_dir(tmp_path / "m")
+    quick = ["--model", str(tmp_path / "m"), "--num-pairs", "40", "--test-fraction", "0.2", "--max-steps", "2",
+             "--batch-size", "4", "--max-length", "128", "--weights", "1,0;0,1", "--quiet", "--log-every", "1"]
+    for setting in ("auto", "none"):
+        extra = ["--gradient-checkpointing"] if setting == "auto" else []
+        assert train_llm.main([*quick, *extra, "--chat-template", setting, "--out", str(tmp_path / setting)]) == 0
+        ckpt = load_checkpoint(str(tmp_path / setting / "model.pt"), "llm")
+        assert ckpt["tokenize"]["chat_template"] == (setting == "auto")
+    capsys.readouterr()
+    assert train_llm.main(["generate", str(tmp_path / "auto" / "model.pt"), "--w", "0,1", "--prompt", "Hi?",
+                           "--max-new-tokens", "4"]) == 0
+    assert "prompt: Hi?" in capsys.readouterr().out
+
+
+def test_test_data_replaces_the_held_out_slice(tmp_path):
+    test_file = data_lib.write_synthetic_preferences(str(tmp_path / "test.jsonl"), num_pairs=7, seed=9)
+    quick = ["--num-pairs", "60", "--sft-steps", "2", "--max-steps", "1", "--batch-size", "4", "--tiny-width", "16",
+             "--tiny-heads", "2", "--weights", "1,0", "--quiet", "--test-data", test_file]
+    assert train_llm.main([*quick, "--out", str(tmp_path / "a")]) == 0
+    res = json.load(open(tmp_path / "a" / "results.json"))
+    assert (res["num_train_pairs"], res["num_test_pairs"], res["test_data"]) == (60, 7, test_file)
+    assert train_llm.main([*quick, "--max-eval-pairs", "3", "--out", str(tmp_path / "b")]) == 0
+    assert json.load(open(tmp_path / "b" / "results.json"))["num_test_pairs"] == 3
+
+
+def test_gradient_checkpointing_recomputes_blocks_and_keeps_the_gradients():
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        policy = tiny_policy()
+        if checkpointing:
+            enable = getattr(policy.lm, "activation_checkpointing_enable", None)  # transformers >= 5.x
+            (enable or policy.lm.gradient_checkpointing_enable)({"use_reentrant": False})
+        policy.train()
+        policy.lm.transformer.h[0].attn.register_forward_hook(lambda *a: calls.append(checkpointing))
+        batch = tiny_batch(2).batch([0, 1])
+        train_llm.policy_logps(policy, batch, torch.tensor([0.3, 0.7])).sum().backward()
+        grads.append(policy.prompt.prefix.grad)
+    assert calls.count(False) == 1 and calls.count(True) == 2  # forward, then again in the backward pass
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
