@@ -10,10 +10,13 @@ at least --rows lines):
      uneven lengths, synthesised in memory): training setting (shuffle, cap 256) and evaluation setting.
 Targets: parse >= 3x sklearn's rows/s, reload >= 20x faster than the parse, peak <= 3x final arrays,
 an epoch of batches well under 1 s. Timings are medians of --repeats runs (this machine is shared).
+--versus OTHER/data.py times that module's first parse alternately with ours on the same file (a before/after
+comparison on a shared machine: the ratio is taken pair by pair); --file PATH parses an existing file instead.
 
-Run:  python benchmarks/bench_data.py [--rows 100000] [--repeats 3]
+Run:  python benchmarks/bench_data.py [--rows 100000] [--repeats 3] [--versus ../before/data.py] [--file PATH]
 """
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -62,10 +65,21 @@ def mslr_sized_split(seed: int = 0) -> data.RankingSplit:
     )
 
 
+def load_other(path: str):
+    """Another version of data.py as a module (e.g. the code before a change), for --versus."""
+    spec = importlib.util.spec_from_file_location("data_versus", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="minimum number of lines in the generated file")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (the median is reported)")
+    parser.add_argument("--versus", help="another data.py whose first parse is timed alternately with ours")
+    parser.add_argument("--file", help="an existing LETOR file to parse instead of a generated one")
     args = parser.parse_args()
     if args.rows < 1 or args.repeats < 1:
         parser.error("--rows and --repeats must be positive")
@@ -73,14 +87,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # synthetic lists average ~62 documents; ask for enough queries to pass --rows lines
         t0 = time.perf_counter()
-        data.write_synthetic(tmp, seed=0, train_queries=args.rows // 55 + 1, vali_queries=1, test_queries=1)
-        path = os.path.join(tmp, "Fold1", "train.txt")
+        if args.file:
+            path = os.path.join(tmp, "train.txt")
+            os.symlink(os.path.abspath(args.file), path)  # the cache is written to tmp, never beside the file
+        else:
+            data.write_synthetic(tmp, seed=0, train_queries=args.rows // 55 + 1, vali_queries=1, test_queries=1)
+            path = os.path.join(tmp, "Fold1", "train.txt")
         rows = len(data.read_letor(path, cache=False).labels)
         size_mb = os.path.getsize(path) / 1e6
-        print(f"file: {rows:,} lines, {size_mb:.1f} MB (generated in {time.perf_counter() - t0:.1f} s)")
+        print(f"file: {rows:,} lines, {size_mb:.1f} MB (ready in {time.perf_counter() - t0:.1f} s)")
 
         ours = median_seconds(lambda: data.read_letor(path, cache=False), args.repeats)
         print(f"read_letor first parse      {ours:7.3f} s  {rows / ours:12,.0f} rows/s")
+        if args.versus:
+            other, times = load_other(args.versus), []
+            for i in range(args.repeats):  # alternate which one runs first
+                order = (data, other) if i % 2 == 0 else (other, data)
+                seconds = {m: median_seconds(lambda: m.read_letor(path, cache=False), 1) for m in order}
+                times.append((seconds[data], seconds[other]))
+            ours_v, theirs_v = np.median(times, axis=0)
+            ratios = [a / b for a, b in times]
+            print(f"versus {args.versus}: ours {ours_v:.3f} s, theirs {theirs_v:.3f} s (medians); ours/theirs per pair "
+                  f"{', '.join(f'{r:.3f}' for r in ratios)}, median {np.median(ratios):.3f}")
         try:
             from sklearn.datasets import load_svmlight_file
         except ImportError:
