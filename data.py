@@ -37,8 +37,7 @@ GET_DATA = (f"To use MSLR-WEB10K, download MSLR-WEB10K.zip from {MSLR_URL} and u
 # ---- shared helpers: atomic writes, command-line lists ---------------------------------------------------------
 @contextlib.contextmanager
 def _atomic_open(path: str):
-    """A binary file that becomes ``path`` only when complete (written beside it, fsynced, then os.replace'd, so
-    readers see the old file or the whole new one); removed on any error."""
+    """A binary file that becomes ``path`` whole or not at all (temp file beside it, fsync, os.replace)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -176,7 +175,6 @@ def _parse_block_general(block: bytes, path: str, first_line: int):
             if math.isfinite(value := float(token)):
                 return value
         raise ValueError(f"{where}: {what} must be a finite number (token {shown.decode('latin-1')!r})")
-
     lines = block.split(b"\n")[:-1]
     labels, qids, line_numbers, features = [], [], [], np.zeros((len(lines), NUM_COLUMNS), np.float32)
     for line_no, line in enumerate(lines, first_line):
@@ -494,10 +492,8 @@ def load_ltr(data_dir, fold: int = 1, objectives=("I", "II"), cache: bool = True
             raise FileNotFoundError(f"expected {path!r} (data directory {data_dir!r}, fold {fold}), which does not "
                                     f"exist. {GET_DATA.replace('Fold1', f'Fold{fold}')}")
         raw[name] = letor = read_letor(path, cache=cache)
-        if len(letor.labels) == 0:
-            raise ValueError(f"{path}: the {name} split holds no documents (an empty split cannot be used)")
-        if (letor.labels < 0).any():
-            raise ValueError(f"{path}: relevance labels must be >= 0 (NDCG gains), found {letor.labels.min()}")
+        if len(letor.labels) == 0 or (letor.labels < 0).any():
+            raise ValueError(f"{path}: the {name} split must hold documents, with relevance labels >= 0 (NDCG gains)")
     stats = fit_normalization(raw["train"], objectives, label_transform)
     return {name: make_split(letor, stats) for name, letor in raw.items()}, stats
 
@@ -568,9 +564,7 @@ class PreferencePairs:
     responses: list
     labels: np.ndarray
     num_skipped_empty: int = 0  # pairs dropped by read_preferences' empty-response rule
-
-    def __len__(self) -> int:
-        return len(self.prompts)
+    __len__ = lambda self: len(self.prompts)  # noqa: E731
 
     def subset(self, index) -> "PreferencePairs":
         index = list(index)

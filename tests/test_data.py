@@ -248,7 +248,10 @@ def test_load_ltr_refuses_an_empty_split(tmp_path):
     rng = np.random.default_rng(5)
     root = make_fold(tmp_path, {name: random_rows(rng, 8) for name in ("train", "vali")})
     (root / "Fold1" / "test.txt").write_text("")
-    with pytest.raises(ValueError, match="test split holds no documents"):
+    with pytest.raises(ValueError, match="test split must hold documents"):
+        data.load_ltr(root)
+    write_dense(root / "Fold1" / "test.txt", [-1, 2], [1, 1], np.ones((2, 136)))
+    with pytest.raises(ValueError, match="relevance labels >= 0"):
         data.load_ltr(root)
 
 
