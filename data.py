@@ -31,7 +31,7 @@ REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SYNTHETIC_DIR = "data/synthetic"  # relative to the repository root (gitignored)
 MSLR_URL = "https://www.microsoft.com/en-us/research/project/mslr/"
 GET_DATA = (f"To use MSLR-WEB10K, download MSLR-WEB10K.zip from {MSLR_URL} and unzip it so that DIR/Fold1/train.txt, "
-            f"vali.txt and test.txt exist, then pass DIR. For the embedded data run `python data.py synthetic --out DIR`.")
+            f"vali.txt and test.txt exist, then pass DIR; embedded data: `python data.py synthetic --out DIR`.")
 
 
 # ---- shared helpers: atomic writes, command-line lists ---------------------------------------------------------
@@ -67,7 +67,8 @@ def parse_floats(text, name: str, m: int | None = None, positive: bool = True) -
     try:
         values = [float(v) for v in str(text).split(",")]
     except ValueError:
-        raise ValueError(f"--{name} must be a number or {m or 'several'} comma-separated numbers, got {text!r}") from None
+        raise ValueError(f"--{name} must be a number or {m or 'several'} comma-separated numbers, "
+                         f"got {text!r}") from None
     values = values * m if m and len(values) == 1 else values
     if m and len(values) != m:
         raise ValueError(f"--{name} must be one number or {m} (one per objective), got {len(values)}: {text!r}")
@@ -140,7 +141,8 @@ class LetorFile:
 # colon (bytes c-3..c), which the fast path deletes so that only numbers remain.
 _PREFIXES = [b"qid"] + [str(j).encode() for j in range(1, NUM_COLUMNS + 1)]
 _EXPECTED, _MASK, _BLANK = (np.array([int.from_bytes(f(p).rjust(4, b"\0"), "little") for p in _PREFIXES], np.uint32)
-                            for f in (lambda p: b" " + p, lambda p: b"\xff" * (len(p) + 1), lambda p: b"\1" * (len(p) + 1)))
+                            for f in (lambda p: b" " + p, lambda p: b"\xff" * (len(p) + 1),
+                                      lambda p: b"\1" * (len(p) + 1)))
 
 
 def _parse_block_fast(block: bytes):
@@ -185,7 +187,8 @@ def _parse_block_general(block: bytes, path: str, first_line: int):
         second = tokens[1] if len(tokens) > 1 else b"end of line"
         qids.append(number(second[4:], "query id", second) if second.startswith(b"qid:") else 0.5)
         if not qids[-1].is_integer():  # an integer-valued "1e3" is fine, as on the fast path
-            raise ValueError(f"{where}: expected 'qid:<integer>' as the second token (token {second.decode('latin-1')!r})")
+            raise ValueError(f"{where}: expected 'qid:<integer>' as the second token "
+                             f"(token {second.decode('latin-1')!r})")
         seen = set()
         for token in tokens[2:]:
             index, colon, value = token.partition(b":")
@@ -264,10 +267,6 @@ def read_letor(path, cache: bool = True) -> LetorFile:
 
 # ---- the embedded dataset: a synthetic MSLR twin, written in the format read_letor reads ------------------------
 SYNTHETIC_VERSION = 1
-
-
-def _marker(seed: int, sizes: dict) -> dict:  # SYNTHETIC.json: who wrote the folder, with which seed and sizes
-    return {"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed, "sizes": sizes}
 
 
 def _synthetic_documents(rng, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -355,7 +354,8 @@ def write_synthetic(out_dir, seed: int = 0, train_queries: int = 500, vali_queri
             for chunk in np.array_split(rows, len(rows) // 10_000 + 1):  # bounded memory at any size
                 table = np.column_stack((labels[chunk], qid_pool[query_of_doc[chunk]], features[chunk]))
                 f.write("".join(row_format % tuple(values) for values in table.tolist()).encode())
-    atomic_save(_marker(seed, sizes), os.path.join(out_dir, "SYNTHETIC.json"))  # last: marks a complete dataset
+    marker = {"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed, "sizes": sizes}
+    atomic_save(marker, os.path.join(out_dir, "SYNTHETIC.json"))  # written last: the folder is complete
     return os.fspath(out_dir)
 
 
@@ -366,22 +366,23 @@ def resolve_data_dir(data_dir) -> str:
     return os.path.abspath(data_dir)
 
 
-def _read_marker(data_dir: str) -> dict | None:
-    with contextlib.suppress(OSError, ValueError), open(os.path.join(data_dir, "SYNTHETIC.json")) as f:
-        return json.load(f)
-    return None
-
-
 def ensure_synthetic(data_dir=DEFAULT_SYNTHETIC_DIR, seed: int = 0, **sizes) -> str:
     """The absolute folder of the embedded dataset, written if missing or made with another seed, sizes
     (``write_synthetic``'s) or generator version: into a temporary sibling folder, then renamed into place, so
     no reader sees a half-written dataset. A folder it did not write is never touched (ValueError)."""
     data_dir, call = resolve_data_dir(data_dir), inspect.signature(write_synthetic).bind(None, seed, **sizes)
     call.apply_defaults()  # (an unknown size argument is a TypeError above)
-    wanted = _marker(seed, {k: v for k, v in call.arguments.items() if k not in ("out_dir", "seed")})
-    if _read_marker(data_dir) == wanted:
+    wanted = {"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed,
+              "sizes": {k: v for k, v in call.arguments.items() if k not in ("out_dir", "seed")}}
+
+    def marker() -> dict | None:  # data_dir's SYNTHETIC.json, as write_synthetic wrote it
+        with contextlib.suppress(OSError, ValueError), open(os.path.join(data_dir, "SYNTHETIC.json")) as f:
+            return json.load(f)
+        return None
+
+    if marker() == wanted:
         return data_dir
-    if os.path.isdir(data_dir) and os.listdir(data_dir) and _read_marker(data_dir) is None:
+    if os.path.isdir(data_dir) and os.listdir(data_dir) and marker() is None:
         raise ValueError(f"data_dir: {data_dir!r} exists but does not hold data written by ensure_synthetic; "
                          f"refusing to overwrite it, pass an empty or new folder")
     os.makedirs(os.path.dirname(data_dir), exist_ok=True)
@@ -393,7 +394,7 @@ def ensure_synthetic(data_dir=DEFAULT_SYNTHETIC_DIR, seed: int = 0, **sizes) -> 
         try:
             os.rename(tmp, data_dir)
         except OSError:  # a concurrent caller put its dataset there in between: fine if it is the same
-            if _read_marker(data_dir) != wanted:
+            if marker() != wanted:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -603,7 +604,7 @@ def read_preferences(path: str) -> PreferencePairs:
                 if name not in row:
                     raise ValueError(f"{path}:{line_no}: missing field {name!r} (need {list(PREFERENCE_FIELDS)})")
                 typed = isinstance(row[name], kind) and not isinstance(row[name], bool)
-                if not typed or (kind is int and row[name] not in (0, 1)) or (name == "prompt" and not row[name].strip()):
+                if not typed or not (row[name] in (0, 1) if kind is int else name != "prompt" or row[name].strip()):
                     expected = "a non-empty str" if typed and kind is str else "0 or 1" if typed else kind.__name__
                     raise ValueError(f"{path}:{line_no}: field {name!r} must be {expected}, got {row[name]!r:.60}")
             if row["response_0"].strip() and row["response_1"].strip():
@@ -612,9 +613,9 @@ def read_preferences(path: str) -> PreferencePairs:
                 skipped += 1
     if not rows:
         raise ValueError(f"{path}: no usable preference pair ({skipped} skipped for an empty response)")
+    ids = ([r[k] for r in rows] for k in ("better_response_id", "safer_response_id"))
     return PreferencePairs([r["prompt"] for r in rows], [(r["response_0"], r["response_1"]) for r in rows],
-                           preference_labels(*([r[k] for r in rows] for k in ("better_response_id", "safer_response_id"))),
-                           skipped)
+                           preference_labels(*ids), skipped)
 
 
 # The embedded preference set. Each topic: a request, two helpful steps, a harmful tip and a caution.
@@ -787,8 +788,9 @@ def main(argv=None) -> None:
             seconds, n, lens = time.perf_counter() - t0, len(letor.labels), np.diff(_query_starts(letor.qids),
                                                                                     append=len(letor.labels))
             hist = np.bincount(np.clip(letor.labels.astype(int), 0, 4), minlength=5) / max(n, 1) * 100
-            print(f"{name:6s} {len(lens):8d} {n:10d} {f'{lens.min()} / {lens.mean():.1f} / {lens.max()}' if n else '-':>20s}"
-                  f"   {' '.join(f'{h:4.1f}' for h in hist)}   {seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} rows/s)")
+            length_text = f"{lens.min()} / {lens.mean():.1f} / {lens.max()}" if n else "-"
+            print(f"{name:6s} {len(lens):8d} {n:10d} {length_text:>20s}   {' '.join(f'{h:4.1f}' for h in hist)}   "
+                  f"{seconds:.2f} s ({n / max(seconds, 1e-9):,.0f} rows/s)")
         for o, v in ((o, letor.features[:, o.column - 1]) for o in OBJECTIVES):  # the auxiliary labels
             print(f"{o.roman:>3s} {o.name:17s} (column {o.column}): {100 * (v == 0).mean():5.1f}% zeros, mean "
                   f"{v.mean():.2f}, max {v.max():.0f}")
