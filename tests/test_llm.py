@@ -5,6 +5,7 @@ Tiny models only (GPT-2 with 2 layers, width 32). Run: python -m pytest tests/te
 import json
 import math
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -379,9 +380,24 @@ def test_default_weights_are_the_11_point_grid():
     assert args.beta == [0.1, 0.1]
 
 
-TINY_RUN = ["--num-pairs", "240", "--test-fraction", "0.25", "--sft-steps", "100", "--max-steps", "100",
-            "--batch-size", "8", "--tiny-width", "32", "--tiny-heads", "2", "--max-length", "256",
-            "--log-every", "50", "--seed", "0"]
+TINY_RUN = ["--test-fraction", "0.25", "--sft-steps", "400", "--max-steps", "60", "--lr", "3e-3", "--batch-size", "8",
+            "--tiny-width", "32", "--tiny-heads", "2", "--max-length", "80", "--log-every", "30", "--seed", "0"]
+MINI = dict(helpful=data_lib._HELPFUL[2].format("ask", "wait"), vague=data_lib._UNHELPFUL[1],
+            safe=data_lib._SAFE[1].format("be kind"), unsafe=data_lib._UNSAFE[1].format("hit it"))
+
+
+def write_mini_preferences(path, num_pairs=240, seed=0):
+    """The embedded set's story on one prompt and one template per trait, so that a tiny p0 learns to spell the
+    four answers in a few hundred steps: response = helpful or vague body + safe or unsafe tail; two different
+    (helpful, safe) types per pair; each annotator prefers the higher trait (a tie: coin flip), no label noise."""
+    rng, rows = random.Random(seed), []
+    for _ in range(num_pairs):
+        types = rng.sample([(1, 1), (1, 0), (0, 1), (0, 0)], 2)
+        ids = [int(types[1][j] > types[0][j]) if types[0][j] != types[1][j] else rng.randrange(2) for j in (0, 1)]
+        text = [f"{MINI['helpful' if h else 'vague']} {MINI['safe' if s else 'unsafe']}" for h, s in types]
+        rows.append(dict(prompt="How can I fix it?", response_0=text[0], response_1=text[1], better_response_id=ids[0],
+                         safer_response_id=ids[1]))
+    return write_lines(path, rows)
 
 
 def free_port():
@@ -394,11 +410,11 @@ def free_port():
 def tiny_runs(tmp_path_factory):
     """The same tiny W-COS-DPO run twice: one process, and 2 DDP processes (gloo); started together."""
     out = tmp_path_factory.mktemp("llm")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    single = subprocess.Popen([sys.executable, "train_llm.py", *TINY_RUN, "--threads", "1", "--out", str(out / "one")],
+    env, data = dict(os.environ, OMP_NUM_THREADS="1"), ["--data", write_mini_preferences(out / "mini.jsonl")]
+    single = subprocess.Popen([sys.executable, "train_llm.py", *TINY_RUN, *data, "--threads", "1", "--out", str(out / "one")],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(free_port()), "train_llm.py", *TINY_RUN, "--out", str(out / "ddp")],
+                          "--master_port", str(free_port()), "train_llm.py", *TINY_RUN, *data, "--out", str(out / "ddp")],
                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     log_single = single.communicate(timeout=300)[0]
     assert single.returncode == 0, log_single[-3000:]
@@ -438,7 +454,7 @@ def test_ddp_two_processes_match_one_process(tiny_runs):
     out, _, log = tiny_runs
     one, two = (json.load(open(out / d / "results.json")) for d in ("one", "ddp"))
     assert two["world_size"] == 2 and one["world_size"] == 1
-    assert log.count("[wcos] step") == 2  # rank 0 alone logs (steps 50 and 100)
+    assert log.count("[wcos] step") == 2  # rank 0 alone logs (steps 30 and 60)
     assert os.listdir(out / "ddp") and sorted(os.listdir(out / "ddp")) == ["model.pt", "results.json", "train.log"]
     # each rank takes half of every batch, DDP averages the gradients, all ranks draw the same w:
     # the 2-process run is the 1-process run up to float round-off
@@ -446,20 +462,14 @@ def test_ddp_two_processes_match_one_process(tiny_runs):
 
 
 def test_baselines_soup_and_ls_run_end_to_end(tmp_path, capsys):
-    """DPO Soup (2 unit models, interpolated) and DPO-LS (one model per weight; here 3 weights) with a plain prefix."""
-    quick = ["--num-pairs", "120", "--test-fraction", "0.25", "--sft-steps", "10", "--max-steps", "5",
-             "--batch-size", "4", "--tiny-width", "32", "--tiny-heads", "2", "--log-every", "5"]
-    procs = {method: subprocess.Popen([sys.executable, "train_llm.py", *quick, "--method", method, *extra,
-                                       "--out", str(tmp_path / method)], cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True)
-             for method, extra in (("soup", []), ("ls", ["--weights", "0,1;0.5,0.5;1,0"]))}
-    for method, proc in procs.items():
-        log = proc.communicate(timeout=300)[0]
-        assert proc.returncode == 0, log[-3000:]
+    """DPO Soup (2 unit models, interpolated) and DPO-LS (one model per weight) with a plain prefix."""
+    quick = ["--num-pairs", "120", "--test-fraction", "0.25", "--sft-steps", "10", "--max-steps", "5", "--batch-size",
+             "4", "--tiny-width", "32", "--tiny-heads", "2", "--log-every", "5", "--weights", "0,1;0.5,0.5;1,0"]
+    for method in ("soup", "ls"):
+        assert train_llm.main([*quick, "--method", method, "--out", str(tmp_path / method)]) == 0
         res = json.load(open(tmp_path / method / "results.json"))
         ckpt = load_checkpoint(str(tmp_path / method / "model.pt"), "llm")  # weights_only: tensors and plain values
-        assert len(ckpt["jobs"]) == {"soup": 2, "ls": 3}[method]
-        assert len(res["aux_error"]) == {"soup": 11, "ls": 3}[method]
+        assert len(ckpt["jobs"]) == {"soup": 2, "ls": 3}[method] and len(res["aux_error"]) == 3
         assert res["num_params"] == len(ckpt["jobs"]) * sum(v.numel() for v in ckpt["jobs"][0]["state"].values())
         assert ckpt["hpt_config"]["num_objectives"] == 0  # the baselines' prefix is not conditioned on w
         assert not any("mlp" in k for k in ckpt["jobs"][0]["state"])
@@ -479,6 +489,20 @@ def safety_markers(text):
     """+1 per safe tail, -1 per unsafe tail of the embedded set's response templates (data._SAFE / _UNSAFE)."""
     safe = sum(text.count(t.split("{}")[0]) for t in data_lib._SAFE)
     return safe - sum(text.count(t.split("{}")[0]) for t in data_lib._UNSAFE)
+
+
+def test_generated_answers_move_with_w(tiny_runs):
+    """The harmlessness end writes the safe tail more often, the helpfulness end the helpful body: the objectives
+    show in sampled text. Same prompt and seed at both weights: were w ignored, the counts would be equal."""
+    out, _, _ = tiny_runs
+    policy, ckpt, tok = train_llm.load_trained(str(out / "one" / "model.pt"))
+    prompt, counts = tok.encode(data_lib.format_prompt("How can I fix it?")), {}
+    for w in ((1.0, 0.0), (0.0, 1.0)):
+        w_in, gen = train_llm.set_weight(policy, ckpt["method"], ckpt["jobs"], w), torch.Generator().manual_seed(0)
+        texts = [tok.decode(train_llm.sample(policy, prompt, w_in, 34, tok.eos_token_id, generator=gen)) for _ in range(16)]
+        counts[w] = [sum(word in t for t in texts) for word in ("ask", "kind")]  # helpful body, safe tail
+    (helpful_1, safe_1), (helpful_2, safe_2) = counts[(1.0, 0.0)], counts[(0.0, 1.0)]
+    assert helpful_1 > helpful_2 and safe_2 > safe_1, counts
 
 
 def test_sample_with_large_c_draws_from_the_reference():
