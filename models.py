@@ -1,11 +1,10 @@
 """The networks of COS-DPO (paper Sec. 4): a weight-conditioned listwise ranker and Hyper Prompt Tuning.
 
-    Ranker          Sec. 4.1: a transformer over the documents of one list; the COS models also see w
-                    (and T-COS beta_bar = beta / ||beta||_1, Sec. 3.3) concatenated to every document.
+    Ranker          Sec. 4.1: a transformer over the documents of one list; the COS models also see w (and
+                    T-COS beta_bar = beta / ||beta||_1, Sec. 3.3) concatenated to every document; --film adds FiLM.
     steered_scores  post-training control of a trained ranker: any w, Eq. 14 (c) or Eq. 15 (beta).
     load_checkpoint, TrainedRanker   a checkpoint loaded safely; a model.pt rebuilt from the file alone.
     HyperPrompt & co.  Sec. 4.2, Fig. 4: further below (LLM alignment).
-
 The models map inputs to scores (or log-probs); `losses.py` maps scores to losses (and holds Eq. 14-15).
 """
 from __future__ import annotations
@@ -35,6 +34,7 @@ class RankerConfig:
     num_objectives: int = 0       # m: length of w fed to the network (0 = unconditioned, e.g. the base model)
     temperature_input: bool = False  # Temperature-COS: beta_bar (length m) is fed to the network too
     parametrization: str = "scratch"  # "scratch": s = net(y, w); "augment": s = s0(y) + net(y, w) (App. A.6.3)
+    film: bool = False            # also FiLM every layer on w (issue 13 variant; needs num_objectives > 0)
 
     @property
     def input_dim(self) -> int:  # features plus the conditioning inputs concatenated to every document (Sec. 4.1)
@@ -45,8 +45,9 @@ class RankerConfig:
 
 
 class Ranker(nn.Module):
-    """Listwise transformer ranker: features (B, n, d) -> scores (B, n). Documents of one list attend to each
-    other (padding masked out), so a score depends on its list, as in allRank's context-aware rankers."""
+    """Listwise transformer ranker: features (B, n, d) -> scores (B, n); documents of a list attend to each other
+    (padding masked out). With config.film, h <- h * (1 + gamma_l(w)) + b_l(w) (FiLM, Perez et al. 2018) at L + 1
+    sites: after the input projection, after encoder layers 1..L-1 and after the final LayerNorm."""
 
     def __init__(self, config: RankerConfig):
         super().__init__()
@@ -58,19 +59,27 @@ class Ranker(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.hidden)
         self.head = nn.Linear(config.hidden, 1)
+        if config.film:  # (gamma_l, b_l) for l = 0..L from w; zero at init, so the network starts as the paper's
+            self.film = nn.Linear(config.num_objectives, 2 * config.hidden * (config.layers + 1))
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor, w: Optional[torch.Tensor] = None,
                 beta_bar: Optional[torch.Tensor] = None, ref_scores: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Scores s_theta(y, w | x) (B, n), 0 at padding. features: (B, n, num_features); mask: (B, n) bool,
-        True = real document; w, beta_bar: (m,) or (B, m), iff the config conditions on them; ref_scores: (B, n)
-        frozen base scores s0, iff parametrization == "augment"."""
+        """Scores s_theta(y, w | x) (B, n), 0 at padding. features (B, n, d); mask (B, n) bool, True = document;
+        w, beta_bar (m,) or (B, m) iff the config conditions on them; ref_scores (B, n) = s0 iff "augment"."""
         B, n, _ = features.shape
-        # the same conditioning vectors are concatenated to every document of the list (Sec. 4.1)
         cond = [v.to(features.dtype).expand(B, -1)[:, None, :].expand(B, n, -1) for v in (w, beta_bar) if v is not None]
-        x = torch.cat([features, *cond], -1)  # (B, n, input_dim)
+        x = torch.cat([features, *cond], -1)  # (B, n, input_dim): the same w beside every document (Sec. 4.1)
         assert x.shape[-1] == self.config.input_dim, f"got {x.shape[-1]} input columns for {self.config}"
-        x = self.encoder(self.input(x), src_key_padding_mask=~mask)  # (B, n, hidden); True in the key mask = ignore
-        scores = self.head(self.norm(x)).squeeze(-1)  # (B, n)
+        mods = [(0.0, 0.0)] * (self.config.layers + 1)  # (gamma_l, b_l) per FiLM site: identity without film
+        if self.config.film:
+            mods = self.film(w.to(x.dtype).expand(B, -1)).view(B, -1, 2, 1, self.config.hidden).movedim(0, 2)
+        h = self.input(x)  # (B, n, hidden)
+        for layer, (gamma, b) in zip(self.encoder.layers, mods):  # True in the key padding mask = ignore
+            h = layer(h * (1 + gamma) + b, src_key_padding_mask=~mask)
+        gamma, b = mods[-1]
+        scores = self.head(self.norm(h) * (1 + gamma) + b).squeeze(-1)  # (B, n)
         if self.config.parametrization == "augment":
             scores = ref_scores + scores  # s = s0 + delta_s_theta(y, w), s0 frozen (App. A.6.3)
         return scores.masked_fill(~mask, 0.0)
@@ -118,8 +127,7 @@ def resolve_device(name: str) -> str:
 
 
 def load_checkpoint(path: str, kind: str) -> dict:
-    """A torch.save dict whose "kind" is `kind`, loaded with weights_only=True (tensors and plain values only);
-    a missing, truncated or foreign file gives one ValueError naming the file and what was expected."""
+    """A torch.save dict of kind `kind`, loaded with weights_only=True; else one ValueError naming file and why."""
     expected = f"expected a {kind!r} checkpoint (a torch.save dict)"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -136,9 +144,8 @@ def load_checkpoint(path: str, kind: str) -> dict:
 
 
 class TrainedRanker:
-    """A train_ltr.py model.pt rebuilt from the checkpoint dict alone: base s0, the method's model(s), controls.
-    W-COS and T-COS serve every w with one model, a Soup interpolates its unit models at any w, DPO-LS and
-    MO-DPO have one model per evaluation weight (ckpt["weights"]). A batch: .features (B, n, d), .mask (B, n)."""
+    """A train_ltr.py model.pt rebuilt from the dict alone: base s0, the method's model(s) (W-COS/T-COS: one; Soup:
+    m units interpolated at w; DPO-LS/MO-DPO: one per ckpt["weights"]). A batch: .features (B, n, d), .mask (B, n)."""
 
     def __init__(self, ckpt: dict, device: str = "cpu"):
         self.ckpt, self.device = ckpt, device

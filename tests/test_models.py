@@ -1,10 +1,10 @@
 """Tests for the ranking part of models.py: padding, list equivariance, conditioning on w and beta_bar,
-augmentation, post-training control (Eq. 14-15), checkpoint loading."""
+augmentation, FiLM on w (issue 13), post-training control (Eq. 14-15), checkpoint loading."""
 import pytest
 import torch
 
 from models import (CHECKPOINT_VERSION, Ranker, RankerConfig, TrainedRanker, count_parameters, interpolate_states,
-                    load_checkpoint, resolve_device, steered_scores)
+                    load_checkpoint, ranker_from, resolve_device, steered_scores)
 
 
 def tiny(**kw):
@@ -149,3 +149,41 @@ def test_parameter_count():
     model = tiny(num_objectives=2)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
     assert count_parameters(model) - count_parameters(tiny()) == 2 * 8  # w adds one input column per objective
+
+
+def test_zero_initialised_film_is_exactly_the_paper_network():
+    """Issue 13: FiLM starts at the identity, so with the same other weights the outputs are the paper's."""
+    paper, film = tiny(num_objectives=2), tiny(num_objectives=2, film=True)
+    film.load_state_dict(paper.state_dict(), strict=False)  # film.film stays zero
+    x, mask = batch()
+    for w in (torch.tensor([0.3, 0.7]), torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])):
+        assert torch.equal(film(x, mask, w=w), paper(x, mask, w=w))
+    assert count_parameters(film) - count_parameters(paper) == (2 + 1) * 2 * 8 * 3  # m -> 2 * hidden * (L + 1)
+
+
+def test_film_conditions_every_site_on_w():
+    """With w cut from the input concatenation, w reaches the scores through any one FiLM site alone:
+    after the input projection, after encoder layer 1 (of 2), after the final LayerNorm."""
+    x, mask = batch()
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    hidden, sites = 8, 3
+    for site in range(sites):
+        model = tiny(num_objectives=2, film=True)
+        with torch.no_grad():
+            model.input.weight[:, 5:] = 0.0  # w no longer enters through the inputs
+            rows = slice(site * 2 * hidden, (site + 1) * 2 * hidden)
+            model.film.weight[rows] = torch.randn(2 * hidden, 2)
+        s1, s2 = model(x, mask, w=e1), model(x, mask, w=e2)
+        assert not torch.allclose(s1[mask], s2[mask]), f"site {site} does not carry w"
+        # one w for the batch equals the same w repeated per list
+        torch.testing.assert_close(model(x, mask, w=torch.stack([e1, e1, e2]))[:2], s1[:2])
+
+
+def test_film_config_rebuilds_from_a_checkpoint_entry():
+    model = tiny(num_objectives=2, film=True)
+    with torch.no_grad():
+        model.film.weight.normal_()
+    x, mask = batch()
+    w = torch.tensor([0.4, 0.6])
+    rebuilt = ranker_from({"model_config": model.config.to_dict(), "model_state": model.state_dict()})
+    assert rebuilt.config.film and torch.equal(rebuilt(x, mask, w=w), model(x, mask, w=w))
