@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-docs", type=int, default=None, help="batch budget: lists x padded length per batch")
     a("--max-list-len", type=int, default=256, help="training lists longer than this are subsampled (never at eval)")
     a("--w-per-list", action="store_true", help="variant: one w per list instead of one per step (paper: per step)")
+    a("--film", action="store_true", help="variant (issue 13): also FiLM every layer of the COS-DPO model on w "
+      "(zero-initialised, so training starts from the paper's network)")
+    a("--vertex-prob", type=float, default=0.0, help="variant (issue 13): probability that a step's w is a unit "
+      "vector e_j, j uniform, instead of a Dir(alpha) draw (paper: 0)")
     a("--num-weights", type=int, default=11, help="evaluation weights (paper: 11)")
     a("--idcg-zero", type=float, default=0.0, help="NDCG of a query whose ideal DCG is 0 (nan = skip it)")
     a("--base", default=None, help="base checkpoint: reused when it exists (same data), else trained and saved "
@@ -126,6 +130,12 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     if args.method in ("soup", "modpo") and m < 2:
         raise ValueError(f"--method {args.method} needs at least 2 objectives")
+    if not 0 <= args.vertex_prob <= 1:
+        raise ValueError(f"--vertex-prob must be a probability in [0, 1], got {args.vertex_prob}")
+    if args.vertex_prob and args.w_per_list:
+        raise ValueError("--vertex-prob replaces the one w of a step; it cannot be combined with --w-per-list")
+    if (args.film or args.vertex_prob) and args.method not in ("wcos", "tcos"):
+        raise ValueError(f"--film and --vertex-prob change the COS-DPO model; --method {args.method} has none")
     args.device = resolve_device(args.device)
     if args.data_dir is None:  # synthetic preset: the embedded dataset, generated on first use
         args.data_dir = data_lib.DEFAULT_SYNTHETIC_DIR
@@ -248,7 +258,7 @@ def make_jobs(args, weights: np.ndarray) -> list[Job]:
     def cfg(conditioned: bool, temperature: bool = False) -> RankerConfig:
         return RankerConfig(num_features=data_lib.NUM_INPUTS, hidden=args.hidden, layers=args.layers,
                             dropout=args.dropout, num_objectives=m if conditioned else 0, temperature_input=temperature,
-                            parametrization=args.parametrization)
+                            parametrization=args.parametrization, film=args.film and conditioned)
     units = [Job(f"unit{j + 1}", cfg(False), fixed_w=np.eye(m)[j].tolist()) for j in range(m)]
     if args.method == "wcos":
         return [Job("wcos", cfg(True))]
@@ -262,6 +272,15 @@ def make_jobs(args, weights: np.ndarray) -> list[Job]:
     return units + [Job(f"modpo{i + 1}", cfg(False), fixed_w=w.tolist(), modpo=True) for i, w in enumerate(weights)]
 
 
+def draw_weights(args, draws: int, rng: np.random.Generator) -> torch.Tensor:
+    """(draws, m) weights w ~ Dir(alpha) (Alg. 1/2 line 2); with probability --vertex-prob the step's w is e_j
+    instead, j uniform (issue 13 variant, one w per step). One Generator, so --resume continues the draws."""
+    w = sample_weights(args.alpha, draws, rng)
+    if args.vertex_prob and rng.random() < args.vertex_prob:
+        w = torch.eye(len(args.alpha))[[rng.integers(len(args.alpha))]]
+    return w
+
+
 def step_loss(args, model: Ranker, batch, ref: torch.Tensor, job: Job, rng: np.random.Generator,
               units: Optional[torch.Tensor] = None):
     """The loss of one step and the per-objective losses L (m,) for the log. ref: (B, n) frozen base scores."""
@@ -270,7 +289,7 @@ def step_loss(args, model: Ranker, batch, ref: torch.Tensor, job: Job, rng: np.r
     if job.fixed_w is not None:
         w = torch.tensor(job.fixed_w, device=device)
     else:  # Alg. 1/2 line 2: w ~ Dir(alpha), one per step (paper) or one per list (--w-per-list variant)
-        w = sample_weights(args.alpha, draws, rng).to(device)
+        w = draw_weights(args, draws, rng).to(device)
         w = w if args.w_per_list else w[0]
     cond_w = w if model.config.num_objectives else None
     beta = torch.tensor(args.beta, device=device)
@@ -384,13 +403,14 @@ def new_checkpoint(args, stats, weights, base: Ranker) -> dict:
 
 
 def check_resumable(ckpt: dict, args, stats, path: str) -> None:
-    """A checkpoint from other data, objectives, method or label transform than asked is refused."""
+    """A checkpoint from other data, objectives, method, --film or label transform than asked is refused."""
     if ckpt["data_fingerprint"] != stats["fingerprint"]:
         raise ValueError(f"cannot resume from {path}: it was trained on other data (fingerprint "
                          f"{ckpt['data_fingerprint']}) than {args.data_dir} ({stats['fingerprint']})")
     for key, have, want in (("version", ckpt["version"], CHECKPOINT_VERSION),
                             ("objectives", ckpt["objectives"], args.objectives),
                             ("method", ckpt["method"], args.method),
+                            ("film", ckpt["run_config"].get("film", False), args.film),
                             ("label transform", ckpt["run_config"].get("label_transform"), args.label_transform)):
         if have != want:
             raise ValueError(f"cannot resume from {path}: its {key} is {have!r} but this run asks for {want!r}; "

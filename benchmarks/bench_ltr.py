@@ -10,7 +10,7 @@ width 64, w concatenated to the input):
      the precomputed reference scores, w ~ Dir(alpha), forward, Eq. 11 losses, backward, Adam step),
      in real documents per second (padding not counted);
   2. the cost of a W-COS-DPO step against a single-objective DPO step on the same model and batch
-     (paper App. A.5 says there is no extra cost; target <= 1.1x);
+     (paper App. A.5 says there is no extra cost; target <= 1.1x); --film / --vertex-prob: the issue 13 variant;
   3. for scale, a bare nn.TransformerEncoder training step on full, unpadded lists of 128 items.
 """
 import argparse
@@ -50,6 +50,8 @@ def main():
     p.add_argument("--max-docs", type=int, default=train_ltr.PRESETS["mslr"]["max_docs"])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--film", action="store_true", help="the W-COS model with train_ltr.py --film (issue 13)")
+    p.add_argument("--vertex-prob", default="0", help="train_ltr.py --vertex-prob for the W-COS draws")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -62,9 +64,9 @@ def main():
     # 1. one W-COS-DPO epoch, the loop of train_ltr.fine_tune
     ns = train_ltr.resolve_args(train_ltr.build_parser().parse_args(
         ["--dataset", "mslr", "--data-dir", ".", "--objectives", ",".join(["I", "II", "III", "IV", "V"][:m]),
-         "--max-docs", str(args.max_docs), "--quiet"]))
+         "--max-docs", str(args.max_docs), "--quiet", "--vertex-prob", args.vertex_prob] + ["--film"] * args.film))
     ns.label_norms = ["l1"] * m
-    job = train_ltr.Job("wcos", RankerConfig(num_objectives=m))
+    job = train_ltr.Job("wcos", RankerConfig(num_objectives=m, film=args.film))
     model = Ranker(job.config)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)  # the w draws, as train_ltr.seeded

@@ -344,3 +344,46 @@ def test_penalty_is_for_cos_dpo_only_and_betas_for_tcos_only(tiny_data, tmp_path
     assert results_of(a)["aux_ndcg"] == results_of(b)["aux_ndcg"]
     assert pareto.main([os.path.join(wcos_run, "model.pt"), "--betas", "1,1", "--out", str(tmp_path / "x.png")]) == 2
     assert "T-COS" in capsys.readouterr().err
+
+
+def test_vertex_prob_draws_unit_vectors_at_that_rate():
+    """Issue 13 variant: with --vertex-prob p a step's w is e_j (j uniform) with probability p, else Dir(alpha);
+    p = 0 leaves the paper's draws untouched (same Generator stream)."""
+    args = train_ltr.build_parser().parse_args([])
+    args.alpha = [0.5, 0.5]
+
+    def draws(p, num=4000):
+        args.vertex_prob, rng = p, np.random.default_rng(0)
+        return torch.cat([train_ltr.draw_weights(args, 1, rng) for _ in range(num)])
+
+    def is_vertex(w):
+        return (w == 1).any(1)
+    assert not is_vertex(draws(0.0)).any()  # Dir(alpha) never draws a vertex exactly
+    assert abs(is_vertex(draws(0.25)).float().mean() - 0.25) < 0.03
+    ones = draws(1.0)
+    assert is_vertex(ones).all() and abs(ones[:, 0].mean() - 0.5) < 0.04  # both vertices, about equally often
+    torch.testing.assert_close(draws(0.0, 5), train_ltr.sample_weights([0.5, 0.5], 5, np.random.default_rng(0)))
+
+
+def test_film_and_vertex_prob_train_resume_and_are_checked(tiny_data, tmp_path, capsys):
+    """--film --vertex-prob: the run's model carries FiLM, --resume continues the same draws, and the flags are
+    refused where they mean nothing (per-list w, baselines, p outside [0, 1], a resume without --film)."""
+    variant = ["--film", "--vertex-prob", "0.25"]
+    a, c = str(tmp_path / "a"), str(tmp_path / "c")
+    assert run(["--data-dir", tiny_data, "--out", a] + variant + TINY) == 0
+    trained = TrainedRanker.load(os.path.join(a, "model.pt"))
+    assert trained.models[0].config.film and trained.models[0].film.weight.abs().sum() > 0  # FiLM was trained
+    tiny1 = TINY.copy()
+    tiny1[1] = "1"
+    assert run(["--data-dir", tiny_data, "--out", c] + variant + tiny1) == 0
+    assert run(["--data-dir", tiny_data, "--out", c, "--resume"] + TINY) == 2
+    assert "film is True but this run asks for False" in capsys.readouterr().err
+    assert run(["--data-dir", tiny_data, "--out", c, "--resume"] + variant + TINY) == 0
+    keys = ("aux_ndcg", "main_ndcg", "hypervolume")
+    assert {k: results_of(c)[k] for k in keys} == {k: results_of(a)[k] for k in keys}
+    base = ["--data-dir", tiny_data, "--out", str(tmp_path / "x")] + TINY
+    for extra, message in ((["--vertex-prob", "0.25", "--w-per-list"], "cannot be combined with --w-per-list"),
+                           (["--vertex-prob", "1.5"], "--vertex-prob must be a probability"),
+                           (["--film", "--method", "soup"], "--method soup has none")):
+        assert run(base + extra) == 2, extra
+        assert message in capsys.readouterr().err, extra
