@@ -3,6 +3,7 @@
 Run from the repository root, one seed per process (each part reuses the finished runs it finds in --out):
     python benchmarks/reproduce_ltr.py --seed 0 --out runs/paper/seed0 --threads 1              # every part
     python benchmarks/reproduce_ltr.py --seed 1 --out runs/paper/seed1 --threads 1 --parts compare
+    python benchmarks/reproduce_ltr.py --seed 2 --out runs/paper/seed2 --parts compare --methods wcos,soup  # some rows
     python benchmarks/reproduce_ltr.py --summarize runs/paper/seed0,runs/paper/seed1,runs/paper/seed2
     python benchmarks/reproduce_ltr.py --dataset mslr --data-dir PATH --out runs/mslr/seed0   # MSLR-WEB10K (hours)
 
@@ -61,14 +62,18 @@ def train(common, out, *extra):
             raise SystemExit(f"training failed for {out}")
 
 
-def run_compare(common, out):
-    for tag, objectives, _ in SETS:
-        for folder, _, extra in METHODS:
+def run_compare(common, out, methods):
+    """The one-model methods and the Soup on every set first, then DPO-LS, then MO-DPO (the costly ones)."""
+    order = [f for f, _, _ in METHODS if f not in ("ls", "modpo")] + ["ls", "modpo"]
+    for folder in [f for f in order if f in methods]:
+        for tag, objectives, _ in SETS:
+            extra = dict((f, e) for f, _, e in METHODS)[folder]
             train(common, os.path.join(out, "compare", tag, folder), "--method", folder.split("_")[0],
                   "--objectives", objectives, *extra)
-        paths = [os.path.join(out, "compare", tag, folder) for folder, _, _ in METHODS]
+    for tag, _, _ in SETS:
+        paths = [os.path.join(out, "compare", tag, folder) for folder, _, _ in METHODS if folder in methods]
         plot = ["--objectives", "1,2" if tag != "m5" else "4,5", "--out", os.path.join(out, f"compare_{tag}.png")]
-        pareto.main(paths + plot + ["--labels", ",".join(name for _, name, _ in METHODS)])
+        pareto.main(paths + plot + ["--labels", ",".join(name for f, name, _ in METHODS if f in methods)])
 
 
 def run_penalty(common, out):
@@ -327,6 +332,8 @@ def main():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--epochs", type=int, default=None, help="per-model epochs (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default=",".join(f for f, _, _ in METHODS), help="the compare part's rows (run "
+                   "folders), e.g. wcos,soup to fill a table in several sittings")
     p.add_argument("--label-transform", default="none", help="auxiliary labels before Eq. 8 (train_ltr.py's option; "
                    "none = the paper's raw labels)")
     p.add_argument("--threads", type=int, default=None)
@@ -342,11 +349,13 @@ def main():
     common += ["--data-dir", args.data_dir] if args.data_dir else []
     common += ["--epochs", str(args.epochs)] if args.epochs else []
     common += ["--threads", str(args.threads)] if args.threads else []
-    parts = {"compare": run_compare, "penalty": run_penalty, "depth": run_depth, "augment": run_augment,
-             "linear": run_linear, "tcos": run_tcos}
+    parts = {"compare": lambda c, o: run_compare(c, o, args.methods.split(",")), "penalty": run_penalty,
+             "depth": run_depth, "augment": run_augment, "linear": run_linear, "tcos": run_tcos}
+    unknown = set(args.parts.split(",")) - set(parts) or set(args.methods.split(",")) - {f for f, _, _ in METHODS}
+    if unknown:
+        raise SystemExit(f"unknown part or method {sorted(unknown)}; parts: {','.join(parts)}; methods: "
+                         f"{','.join(f for f, _, _ in METHODS)}")
     for name in args.parts.split(","):
-        if name not in parts:
-            raise SystemExit(f"--parts: unknown part {name!r}; choose from {','.join(parts)}")
         parts[name](common, args.out)
     text = report([args.out])
     with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
