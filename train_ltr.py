@@ -3,13 +3,16 @@
 One run trains ONE ranker that can be steered after training to any trade-off between the auxiliary
 objectives (w) and between them and the main objective (c or beta):
 
-    stage 1  base ranker s0 on the main label (relevance 0-4) with ListNet (Eq. 7), best validation epoch;
-             reused when a base.pt for the same data and settings exists (App. A.4: "train sufficiently")
+    stage 1  base ranker s0 on the main label (relevance 0-4) with ListNet (Eq. 7) until its validation NDCG@10
+             has not improved for --base-patience epochs, best epoch kept (App. A.4: "train sufficiently");
+             reused when a base.pt for the same data and settings exists
     stage 2  --method wcos   Weight-COS-DPO (Alg. 1/3): each step w ~ Dir(alpha), loss w . L_LiPO - lambda cos(w, L)
              --method tcos   Temperature-COS-DPO (Alg. 2/4): also beta ~ Unif([lo, hi]^m); the network sees
                              beta_bar and its output is composed with Eq. 15
              --method ls | soup | modpo   the baselines of App. A.1 (one model per weight / m unit models
                              interpolated / m unit models + one MO-DPO model per weight)
+             Training rule, the same for every method and model: a fixed --epochs (the paper's fixed budget),
+             no early stopping (validation lines only report; a stopping rule would differ between methods)
     stage 3  test NDCG@10 per objective at the evaluation weights, hypervolume, results.json
 
 Run:
@@ -76,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight-decay", type=float, default=0.0, help="AdamW weight decay of the fine-tuned model")
     a("--base-layers", type=int, default=2, help="layers of the base ranker (paper 2)")
     a("--base-hidden", type=int, default=128, help="width of the base ranker (paper 128)")
-    a("--epochs", type=int, default=None, help="fine-tuning epochs per trained model (every method, same rule)")
-    a("--base-epochs", type=int, default=None, help="ListNet epochs of the base ranker")
+    a("--epochs", type=int, default=None, help="fine-tuning epochs of every trained model, the same fixed count "
+      "for every method and model, no early stopping (the paper's fixed budget; presets: where validation NDCG "
+      "has converged, synthetic 30, mslr 50)")
+    a("--base-epochs", type=int, default=None, help="most ListNet epochs of the base ranker (see --base-patience)")
+    a("--base-patience", type=int, default=3, help="stop the base ranker after this many epochs without a better "
+      "validation NDCG@10; the best epoch is kept (3: beyond the epoch-to-epoch noise of validation NDCG)")
     a("--lr", type=float, default=None, help="Adam learning rate")
     a("--max-docs", type=int, default=None, help="batch budget: lists x padded length per batch")
     a("--max-list-len", type=int, default=256, help="training lists longer than this are subsampled (never at eval)")
@@ -119,7 +126,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.beta_range = data_lib.parse_floats(args.beta_range, "beta-range", 2)
     if args.beta_range[0] > args.beta_range[1]:
         raise ValueError(f"--beta-range must be lo,hi with lo <= hi, got {args.beta_range}")
-    for name in ("epochs", "base_epochs", "max_docs", "max_list_len", "num_weights", "layers", "hidden",
+    for name in ("epochs", "base_epochs", "base_patience", "max_docs", "max_list_len", "num_weights", "layers", "hidden",
                  "base_layers", "base_hidden", "log_every", "eval_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -189,7 +196,7 @@ def base_settings(args) -> dict:
     """What defines the base model; a base.pt is reused only when all of it matches. The label transform is
     not part of it: the base ranker learns relevance only, and the features do not depend on it."""
     return dict(layers=args.base_layers, hidden=args.base_hidden, epochs=args.base_epochs, lr=args.lr,
-                max_docs=args.max_docs, max_list_len=args.max_list_len, seed=args.seed)
+                patience=args.base_patience, max_docs=args.max_docs, max_list_len=args.max_list_len, seed=args.seed)
 
 
 def train_base(args, splits, stats, log) -> Ranker:
@@ -208,7 +215,8 @@ def train_base(args, splits, stats, log) -> Ranker:
     model = Ranker(RankerConfig(num_features=data_lib.NUM_INPUTS, hidden=args.base_hidden,
                                 layers=args.base_layers)).to(args.device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    log(f"[base] ListNet on relevance: {count_parameters(model):,} parameters, {args.base_epochs} epochs")
+    log(f"[base] ListNet on relevance: {count_parameters(model):,} parameters, up to {args.base_epochs} epochs "
+        f"(patience {args.base_patience})")
     t0 = time.perf_counter()
     best_val, best_state, best_epoch = -1.0, None, 0
     for epoch in range(args.base_epochs):
@@ -231,6 +239,9 @@ def train_base(args, splits, stats, log) -> Ranker:
         if val > best_val:  # "train sufficiently" (App. A.4): keep the epoch with the best validation NDCG
             best_val, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch + 1
         log(f"[base] epoch {epoch + 1:3d} | listnet {total / len(batches):.4f} | val NDCG@10 main {val:.4f}")
+        if epoch + 1 - best_epoch >= args.base_patience:
+            log(f"[base] no better validation NDCG@10 for {args.base_patience} epochs: stopped")
+            break
     seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
     data_lib.atomic_save(dict(kind="cosdpo-ltr-base", version=CHECKPOINT_VERSION, model_config=model.config.to_dict(),

@@ -175,6 +175,19 @@ def test_same_seed_same_numbers_and_resume(tiny_data, tmp_path):
     assert {k: results_of(c)[k] for k in keys} == {k: results_of(a)[k] for k in keys}
 
 
+def test_base_stops_after_patience_epochs_without_a_better_validation_ndcg(tiny_data, tmp_path):
+    out = str(tmp_path / "patience")
+    tiny = TINY.copy()
+    tiny[3] = "12"  # --base-epochs: the cap
+    assert run(["--data-dir", tiny_data, "--out", out, "--base-patience", "2", "--epochs", "1"] + tiny[2:]) == 0
+    log = open(os.path.join(out, "train.log")).read()
+    vals = [float(v) for v in re.findall(r"\[base\] epoch +\d+ \| listnet [0-9.]+ \| val NDCG@10 main ([0-9.]+)", log)]
+    best = int(np.argmax(vals)) + 1  # the first best epoch
+    assert len(vals) == best + 2 < 12 and "for 2 epochs: stopped" in log  # this data peaks early
+    ckpt = torch.load(os.path.join(out, "base.pt"), weights_only=True)
+    assert ckpt["best_epoch"] == best and ckpt["val_ndcg"] == pytest.approx(max(vals), abs=1e-4)
+
+
 def test_tcos_run_and_beta_fronts(tiny_data, tmp_path):
     out = str(tmp_path / "tcos")
     assert run(["--data-dir", tiny_data, "--out", out, "--method", "tcos"] + TINY) == 0
