@@ -1,7 +1,5 @@
-"""Data for COS-DPO (Ren et al., UAI 2025, App. A.4): MSLR-WEB10K ranking lists with an embedded synthetic twin
-in the same text format, and LLM preference pairs (PKU-SafeRLHF JSON lines) with an embedded set.
-MSLR-WEB10K holds one document per line, ``label qid:Q 1:v1 ... 136:v136``, in ``Fold{1..5}/{train,vali,test}.txt``;
-the model sees features 1-131, the main objective is the 0-4 relevance, the auxiliary ones the last five columns.
+"""Data for COS-DPO (Ren et al., UAI 2025, App. A.4): MSLR-WEB10K ranking lists (``label qid:Q 1:v1 ... 136:v136``,
+auxiliary labels 132-136) with an embedded twin, and LLM preference pairs (PKU-SafeRLHF JSON lines) with their own.
 
     python data.py synthetic --out data/synthetic [--seed 0]   # write the embedded dataset
     python data.py stats DIR [--fold 1]                        # queries, documents, lengths, labels
@@ -27,6 +25,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 NUM_COLUMNS, NUM_INPUTS = 136, 131  # MSLR feature columns; model inputs are features 1..131 (App. A.4)
 SPLITS = ("train", "vali", "test")
+LABEL_TRANSFORMS = ("none", "log1p-zscore")  # fit_normalization's options for the auxiliary labels
+SYNTHETIC_VERSION = 1  # of write_synthetic's generator, stored in the folder's SYNTHETIC.json
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SYNTHETIC_DIR = "data/synthetic"  # relative to the repository root (gitignored)
 MSLR_URL = "https://www.microsoft.com/en-us/research/project/mslr/"
@@ -103,8 +103,7 @@ OBJECTIVES = (Objective("query_url_clicks", "I", 134, "l1"), Objective("url_clic
 
 
 def resolve_objectives(names) -> tuple[Objective, ...]:
-    """Objectives by name ("url_clicks"), roman numeral ("II", any case), number 1..5 or Objective, as a
-    sequence or one comma-separated string ("I,II"); order kept. ValueError lists what is accepted."""
+    """Objectives by name, roman numeral (any case) or number 1..5, as a sequence or a string "I,II"; order kept."""
     table = {key: o for i, o in enumerate(OBJECTIVES, 1) for key in (o.name, o.roman.lower(), str(i))}
     accepted = ", ".join(f"{o.name} / {o.roman} / {i}" for i, o in enumerate(OBJECTIVES, 1))
     items = [names] if isinstance(names, (str, int, Objective)) else names
@@ -203,31 +202,21 @@ def _parse_block_general(block: bytes, path: str, first_line: int):
     return np.array(labels, np.float32), np.array(qids, np.int64), features[:n], np.array(line_numbers, np.int64)
 
 
-def _line_blocks(path: str):
-    """Yield (number of the first line, ~4 MiB of whole lines each ending with b"\\n") of a file."""
-    line_no, rest = 1, b""
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            whole, newline, rest = (rest + block).rpartition(b"\n")  # no newline yet: a long line, read on
-            if newline:
-                yield line_no, whole + newline
-                line_no += whole.count(b"\n") + 1
-    if rest:
-        yield line_no, rest + b"\n"
-
-
 def _query_starts(qids: np.ndarray) -> np.ndarray:
-    """Index of the first row of each run of equal qids."""
     return np.flatnonzero(np.diff(qids, prepend=qids[:1] - 1))
 
 
 def _parse_letor(path: str) -> LetorFile:
     """Parse ~4 MiB of whole lines at a time; refuse a qid that comes back after other queries."""
     parts = [(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, NUM_COLUMNS), np.float32), np.zeros(0, int))]
-    for line_no, block in _line_blocks(path):
-        fast = _parse_block_fast(block)  # None: not plain dense MSLR lines, the general path decides
-        parts.append(_parse_block_general(block, path, line_no) if fast is None
-                     else (*fast, line_no + np.arange(len(fast[0]))))
+    line_no = 1
+    with open(path, "rb") as f:
+        for lines in iter(lambda: f.readlines(1 << 22), []):
+            block = b"".join(lines) + (b"" if lines[-1].endswith(b"\n") else b"\n")
+            fast = _parse_block_fast(block)  # None: not plain dense MSLR lines, the general path decides
+            parts.append(_parse_block_general(block, path, line_no) if fast is None
+                         else (*fast, line_no + np.arange(len(fast[0]))))
+            line_no += len(lines)
     labels, qids, features, line_of_row = (np.concatenate(arrays) for arrays in zip(*parts))
     starts, run_of_qid = _query_starts(qids), {}
     for run, qid in enumerate(qids[starts].tolist()):  # a qid back after other queries would split its list
@@ -240,14 +229,8 @@ def _parse_letor(path: str) -> LetorFile:
 
 
 def read_letor(path, cache: bool = True) -> LetorFile:
-    """Read a LETOR ranking file (MSLR-WEB10K's ``label qid:Q k:v ...``; an empty file gives N = 0).
-
-    Dense MSLR lines take a vectorised fast path; a block that does not fit it takes a per-line path that
-    accepts sparse lines (missing features are 0, any order), ``# comments``, CRLF, tabs and blank lines; both
-    give the same arrays. Bad input (a non-numeric or non-finite value, no ``qid:`` second token, a feature index
-    outside 1..136 or repeated, a qid back after other queries) -> ValueError naming file, line and token.
-    cache: reuse or write ``<file>.npz`` (if the folder is writable), valid while size and mtime are unchanged.
-    """
+    """Read a LETOR file: dense MSLR lines take a vectorised fast path, other blocks a per-line path (sparse lines,
+    ``# comments``, CRLF, blank lines). Bad input: ValueError naming file, line and token. cache: ``<file>.npz``."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"expected the LETOR file {path!r}, which does not exist. {GET_DATA}")
@@ -266,9 +249,6 @@ def read_letor(path, cache: bool = True) -> LetorFile:
 
 
 # ---- the embedded dataset: a synthetic MSLR twin, written in the format read_letor reads ------------------------
-SYNTHETIC_VERSION = 1
-
-
 def _synthetic_documents(rng, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels (D,) and features (D, 136) of all documents, queries in order (the story: write_synthetic)."""
     num_queries, num_docs = len(lengths), int(lengths.sum())
@@ -325,20 +305,13 @@ def _synthetic_documents(rng, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def write_synthetic(out_dir, seed: int = 0, train_queries: int = 500, vali_queries: int = 150,
                     test_queries: int = 150, median_list_len: float = 45.0, max_list_len: int = 320) -> str:
-    """Write a synthetic MSLR twin to ``out_dir/Fold1/{train,vali,test}.txt`` (each file atomically); return out_dir.
-
-    MSLR-WEB10K's text format (dense; counts as integers, other features with 6 significant digits), the same
-    for the same seed and sizes. Default: 800 queries, ~32k training documents. MSLR-WEB10K's size (10,000
-    queries, ~1.2M documents, lists of 1..1,251, mean ~120): train_queries=6000, vali_queries=2000,
-    test_queries=2000, median_list_len=84, max_list_len=1251. Story: relevance 0-4 (~51% 0s, ~1% 4s, as MSLR)
-    follows a hidden relevance r; clicks I follow specificity s, clicks II popularity p (anti-correlated with
-    s: they conflict), dwell time III depth d, quality scores IV, V (0-255) two raters' q1, q2 (correlation
-    -0.5); all follow r partly. Features 1-131 are noisy, heavy-tailed views of the traits, named as in MSLR.
-    """
+    """Write ``out_dir/Fold1/{train,vali,test}.txt`` (deterministic in seed and sizes; MSLR-WEB10K's size: 6000/2000/
+    2000 queries, median_list_len=84, max_list_len=1251); return out_dir. Story: relevance follows a hidden r,
+    clicks I specificity s, clicks II popularity p (anti-correlated with s: they conflict), dwell time III depth d,
+    quality scores IV, V two raters' q1, q2 (correlation -0.5), all partly r; features 1-131 are noisy views."""
     sizes = dict(train_queries=train_queries, vali_queries=vali_queries, test_queries=test_queries,
                  median_list_len=float(median_list_len), max_list_len=max_list_len)
-    rng = np.random.default_rng(seed)
-    num_queries = train_queries + vali_queries + test_queries
+    rng, num_queries = np.random.default_rng(seed), train_queries + vali_queries + test_queries
     lengths = rng.lognormal(np.log(median_list_len), 0.85, num_queries)  # a long right tail, like MSLR's
     lengths = np.clip(np.round(lengths), 1, max_list_len).astype(np.int64)
     qid_pool = np.sort(rng.choice(np.arange(1, 20 * num_queries + 1), size=num_queries, replace=False))
@@ -367,19 +340,15 @@ def resolve_data_dir(data_dir) -> str:
 
 
 def ensure_synthetic(data_dir=DEFAULT_SYNTHETIC_DIR, seed: int = 0, **sizes) -> str:
-    """The absolute folder of the embedded dataset, written if missing or made with another seed, sizes
-    (``write_synthetic``'s) or generator version: into a temporary sibling folder, then renamed into place, so
-    no reader sees a half-written dataset. A folder it did not write is never touched (ValueError)."""
+    """The embedded dataset's absolute folder, (re)written into a temporary sibling and renamed into place unless
+    its SYNTHETIC.json matches seed, sizes and version. A folder it did not write -> ValueError."""
     data_dir, call = resolve_data_dir(data_dir), inspect.signature(write_synthetic).bind(None, seed, **sizes)
     call.apply_defaults()  # (an unknown size argument is a TypeError above)
     wanted = {"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed,
               "sizes": {k: v for k, v in call.arguments.items() if k not in ("out_dir", "seed")}}
-
-    def marker() -> dict | None:  # data_dir's SYNTHETIC.json, as write_synthetic wrote it
+    def marker() -> dict | None:  # data_dir's SYNTHETIC.json, as write_synthetic wrote it (None: no such file)
         with contextlib.suppress(OSError, ValueError), open(os.path.join(data_dir, "SYNTHETIC.json")) as f:
             return json.load(f)
-        return None
-
     if marker() == wanted:
         return data_dir
     if os.path.isdir(data_dir) and os.listdir(data_dir) and marker() is None:
@@ -403,14 +372,10 @@ def ensure_synthetic(data_dir=DEFAULT_SYNTHETIC_DIR, seed: int = 0, **sizes) -> 
 
 
 # ---- splits, normalisation statistics, Eq. 8 labels --------------------------------------------------------------
-LABEL_TRANSFORMS = ("none", "log1p-zscore")
-
-
 @dataclass
 class RankingSplit:
-    """One split grouped by query (query q = rows offsets[q]:offsets[q+1]): features (N, 131) float32 model inputs;
-    relevance (N,) raw 0-4 labels (ListNet target, NDCG gains); aux (N, m) float32 Eq. 8 labels; aux_raw (N, m)
-    raw values (NDCG gains, Eq. 22); offsets (Q + 1,) int64; qids (Q,) int64."""
+    """Query q = rows offsets[q]:offsets[q+1] (offsets (Q + 1,)): features (N, 131) float32; relevance (N,) raw 0-4;
+    aux (N, m) float32 Eq. 8 labels; aux_raw (N, m) raw values (NDCG gains, Eq. 22); qids (Q,)."""
     features: np.ndarray
     relevance: np.ndarray
     aux: np.ndarray
@@ -430,13 +395,9 @@ def _signed_log1p(x: np.ndarray, rows: int = 16384):
 
 
 def fit_normalization(train: LetorFile, objectives, label_transform: str = "none") -> dict:
-    """Statistics of the training split only, as plain lists / floats / str (JSON- and weights_only-safe).
-
-    Inputs (our choice, SPEC sec. 5; the log1p Qin et al., ICLR 2021, use for neural rankers on MSLR):
-    x -> (sign(x) log(1 + |x|) - mean) / std per column; a constant column maps to 0. Labels: "none" gives
-    Eq. 8 the raw values, as the paper does; "log1p-zscore" gives it log(1 + z) for "l1" objectives and
-    (z - mean) / std for "softmax" ones (on raw 0-255 scores the softmax is almost an argmax, Fig. 2b).
-    """
+    """Training-split statistics as plain Python values (JSON- and weights_only-safe). Inputs (SPEC sec. 5, as Qin
+    et al., ICLR 2021): x -> (sign(x) log(1 + |x|) - mean) / std, a constant column -> 0. Labels: "none" = raw, as
+    the paper; "log1p-zscore" = log(1 + z) for "l1" objectives, z-scores for "softmax" ones (Fig. 2b)."""
     if label_transform not in LABEL_TRANSFORMS:
         raise ValueError(f"label_transform: expected one of {LABEL_TRANSFORMS}, got {label_transform!r}")
     n = len(train.labels)
@@ -483,9 +444,7 @@ def make_split(letor: LetorFile, stats: dict) -> RankingSplit:
 
 def load_ltr(data_dir, fold: int = 1, objectives=("I", "II"), cache: bool = True,
              label_transform: str = "none") -> tuple[dict, dict]:
-    """``data_dir/Fold{fold}/{train,vali,test}.txt`` -> ({"train", "vali", "test"} -> RankingSplit, stats).
-    stats (``fit_normalization``, with the objectives and the training data's fingerprint) go into checkpoints;
-    ``make_split`` prepares new data with them. Errors name the file: missing, empty, negative relevance."""
+    """``data_dir/Fold{fold}/{train,vali,test}.txt`` -> ({split name: RankingSplit}, fit_normalization's stats)."""
     data_dir, raw = resolve_data_dir(data_dir), {}
     for name in SPLITS:
         path = os.path.join(data_dir, f"Fold{fold}", f"{name}.txt")
@@ -502,9 +461,8 @@ def load_ltr(data_dir, fold: int = 1, objectives=("I", "II"), cache: bool = True
 # ---- batches -----------------------------------------------------------------------------------------------------
 @dataclass
 class Batch:
-    """B padded lists of up to n documents (CPU tensors, zeros at padding): features (B, n, 131) float32; mask
-    (B, n) bool, True = real document; relevance (B, n); aux, aux_raw (B, n, m); index (B, n) int64 row of each
-    document in the split, to gather per-document arrays: ``torch.from_numpy(ref_scores)[batch.index]``."""
+    """B lists padded with zeros to n: features (B, n, 131); mask (B, n) True = real document; relevance (B, n);
+    aux, aux_raw (B, n, m); index (B, n) row in the split (``torch.from_numpy(ref_scores)[batch.index]``)."""
     features: torch.Tensor
     mask: torch.Tensor
     relevance: torch.Tensor
@@ -517,12 +475,9 @@ class Batch:
 
 def make_batches(split: RankingSplit, max_docs: int = 8192, shuffle: bool = False, max_list_len: int | None = None,
                  seed: int = 0, max_padding: float = 0.05) -> list[Batch]:
-    """Whole lists in padded batches: sorted by length, packed greedily while B * n_max <= max_docs and the
-    padding <= max_padding * max_docs (at least one list), so padding stays small (~2% on MSLR). shuffle: random
-    batch order and ties among equal lengths, from ``seed``. max_list_len (training only; train_ltr passes 256):
-    a longer list becomes a uniform random subset of that many documents, in file order (attention costs
-    O(n^2) and a batch is padded to its longest list). None: every document once.
-    """
+    """Whole lists, sorted by length, packed greedily while B * n_max <= max_docs and padding <= max_padding *
+    max_docs (~2% on MSLR). shuffle: random batch order and ties, from ``seed``. max_list_len (training; attention
+    is O(n^2)): a longer list becomes a random subset of that many documents, in file order."""
     rng = np.random.default_rng(seed)
     lengths = split.list_lengths  # (Q,)
     kept = lengths if max_list_len is None else np.minimum(lengths, max_list_len)
@@ -559,8 +514,7 @@ PREFERENCE_FIELDS = {"prompt": str, "response_0": str, "response_1": str,
 
 @dataclass
 class PreferencePairs:
-    """N pairs: prompts[i], responses[i] = (response_0, response_1), labels (N, n=2, m=2) float32 with
-    labels[i, r, j] = 1 when response r is preferred for objective j (App. A.4), else 0."""
+    """prompts[i], responses[i] = (response_0, response_1); labels[i, r, j] = 1 if objective j prefers r (N, 2, 2)."""
     prompts: list
     responses: list
     labels: np.ndarray
@@ -583,12 +537,11 @@ def preference_labels(better_ids, safer_ids) -> np.ndarray:
 
 
 def read_preferences(path: str) -> PreferencePairs:
-    """Read PKU-SafeRLHF-style JSON lines; blank lines are ignored and a pair with an empty response is skipped
-    and counted (real dumps hold a few; our choice). Errors name the file and line: bad JSON, a missing field
-    or one of the wrong type (the ids must be the integers 0 or 1), an empty prompt; or no usable pair."""
+    """Read PKU-SafeRLHF-style JSON lines; a pair with an empty response is skipped and counted (our choice). Errors
+    name the file and line: bad JSON, a missing or mistyped field (ids: 0 or 1), an empty prompt; no usable pair."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"preference file not found: {path} (expected PKU-SafeRLHF JSON lines)")
-    rows, skipped = [], 0
+    rows = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -607,10 +560,9 @@ def read_preferences(path: str) -> PreferencePairs:
                 if not typed or not (row[name] in (0, 1) if kind is int else name != "prompt" or row[name].strip()):
                     expected = "a non-empty str" if typed and kind is str else "0 or 1" if typed else kind.__name__
                     raise ValueError(f"{path}:{line_no}: field {name!r} must be {expected}, got {row[name]!r:.60}")
-            if row["response_0"].strip() and row["response_1"].strip():
-                rows.append(row)
-            else:
-                skipped += 1
+            rows.append(row)
+    usable = [r for r in rows if r["response_0"].strip() and r["response_1"].strip()]  # else skipped, counted
+    rows, skipped = usable, len(rows) - len(usable)
     if not rows:
         raise ValueError(f"{path}: no usable preference pair ({skipped} skipped for an empty response)")
     ids = ([r[k] for r in rows] for k in ("better_response_id", "safer_response_id"))
@@ -648,11 +600,9 @@ _UNSAFE, _SAFE = ["Also, {}.", "Tip: {}.", "Or just {}."], ["Please {}.", "But {
 
 
 def synthetic_preference_rows(num_pairs: int = 2000, seed: int = 0, label_noise: float = 0.1) -> list:
-    """The embedded preference set: ``num_pairs`` rows in the PKU-SafeRLHF schema, deterministic in ``seed``.
-    A response is helpful or not (steps vs a non-answer) and safe or not (a caution vs a harmful tip); a pair's
-    two responses differ in at least one trait. Each annotator prefers the higher trait (a tie: a coin flip),
-    then flips with probability ``label_noise``: about half of the pairs split the objectives, and the Bayes
-    floor of one objective's Eq. 5 loss is about (2/3) H(0.9) + (1/3) ln 2 = 0.45."""
+    """``num_pairs`` PKU-SafeRLHF rows, deterministic in ``seed``. A response is helpful or not and safe or not; a
+    pair's two differ in at least one trait. Each label prefers the higher trait (a tie: a coin flip), flipped with
+    probability ``label_noise``: Eq. 5's Bayes floor per objective is about (2/3) H(0.9) + (1/3) ln 2 = 0.45."""
     rng, rows = random.Random(seed), []
     for _ in range(num_pairs):
         topic = rng.choice(_TOPICS)
@@ -672,7 +622,6 @@ def synthetic_preference_rows(num_pairs: int = 2000, seed: int = 0, label_noise:
 
 
 def write_synthetic_preferences(path: str, num_pairs: int = 2000, seed: int = 0, label_noise: float = 0.1) -> str:
-    """Write ``synthetic_preference_rows(...)`` as JSON lines to ``path``, atomically; return ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with _atomic_open(path) as f:
         f.write("".join(json.dumps(r) + "\n" for r in synthetic_preference_rows(num_pairs, seed, label_noise)).encode())
@@ -691,12 +640,8 @@ def split_pairs(pairs: PreferencePairs, test_fraction: float = 0.1, seed: int = 
 class ByteTokenizer:
     """UTF-8 bytes as tokens, no files: id = byte + 3, pad 0, eos 1, unk 2 (transformers' ByT5Tokenizer layout)."""
     pad_token_id, eos_token_id, bos_token_id, vocab_size = 0, 1, None, 259
-
-    def encode(self, text: str) -> list:
-        return [b + 3 for b in text.encode("utf-8")]
-
-    def decode(self, ids) -> str:
-        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
+    encode = lambda self, text: [b + 3 for b in text.encode("utf-8")]  # noqa: E731
+    decode = lambda self, ids: bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")  # noqa: E731
 
 
 def format_prompt(prompt: str) -> str:
@@ -706,8 +651,8 @@ def format_prompt(prompt: str) -> str:
 
 @dataclass
 class TokenizedPairs:
-    """N pairs as right-padded tensors of length T: input_ids (N, 2, T) long; attention_mask, prompt_mask and
-    response_mask (N, 2, T) bool (response tokens, eos included, make log p(y|x)); labels (N, 2, 2) float32."""
+    """input_ids (N, 2, T) long, right-padded; attention_mask, prompt_mask, response_mask (N, 2, T) bool (response
+    tokens, eos included, make log p(y|x)); labels (N, 2, 2) float32."""
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     prompt_mask: torch.Tensor
@@ -728,10 +673,9 @@ class TokenizedPairs:
 
 def tokenize_pairs(pairs: PreferencePairs, encode, max_length: int, pad_id: int, eos_id: int | None = None,
                    bos_id: int | None = None, max_prompt_length: int | None = None) -> TokenizedPairs:
-    """[bos] + encode(format_prompt(prompt)) + encode(" " + response) + [eos], right-padded (encode: text -> ids).
-    Truncation (as TRL DPO's "keep_end"): a prompt longer than max_prompt_length (default max_length // 2, bos
-    included) keeps its LAST tokens; then a response longer than the room left keeps its FIRST tokens and loses
-    its eos (it was cut, it does not end). Counted per pair and per response."""
+    """[bos] + encode(format_prompt(prompt)) + encode(" " + response) + [eos], right-padded. As TRL DPO's "keep_end",
+    a prompt over max_prompt_length (default max_length // 2) keeps its last tokens, then a response over the room
+    left keeps its first ones and loses its eos; both counted."""
     max_prompt_length = max_length // 2 if max_prompt_length is None else max_prompt_length
     if not 2 <= max_prompt_length < max_length:
         raise ValueError(f"need 2 <= max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
@@ -782,11 +726,10 @@ def main(argv=None) -> None:
         print(f"{args.data_dir}  Fold{args.fold}\nsplit   queries       docs    len min/mean/max   relevance "
               f"0/1/2/3/4 (%)   read (cache {'off' if args.no_cache else 'on'})")
         for name in SPLITS:
-            t0 = time.perf_counter()
-            letor = read_letor(os.path.join(resolve_data_dir(args.data_dir), f"Fold{args.fold}", f"{name}.txt"),
-                               cache=not args.no_cache)
-            seconds, n, lens = time.perf_counter() - t0, len(letor.labels), np.diff(_query_starts(letor.qids),
-                                                                                    append=len(letor.labels))
+            path = os.path.join(resolve_data_dir(args.data_dir), f"Fold{args.fold}", f"{name}.txt")
+            t0, letor = time.perf_counter(), read_letor(path, cache=not args.no_cache)
+            seconds, n = time.perf_counter() - t0, len(letor.labels)
+            lens = np.diff(_query_starts(letor.qids), append=n)
             hist = np.bincount(np.clip(letor.labels.astype(int), 0, 4), minlength=5) / max(n, 1) * 100
             length_text = f"{lens.min()} / {lens.mean():.1f} / {lens.max()}" if n else "-"
             print(f"{name:6s} {len(lens):8d} {n:10d} {length_text:>20s}   {' '.join(f'{h:4.1f}' for h in hist)}   "
