@@ -11,7 +11,7 @@ PKU-SafeRLHF-format preference pairs with two objectives, helpfulness and harmle
              log p_theta(y|x) - log p0(y|x) (Fig. 5 inset), hypervolume with reference (1.1, 1.1) (Table 2)
 
 Run (from the repository folder):
-    python train_llm.py                                    # embedded data, tiny GPT-2, W-COS-DPO (~2 min, 1 core)
+    python train_llm.py                                    # embedded data, tiny GPT-2, W-COS-DPO (minutes, 1 core)
     python train_llm.py --method soup --out runs/llm_soup  # a baseline
     python train_llm.py --data PKU-SafeRLHF/train.jsonl --test-data PKU-SafeRLHF/test.jsonl --model gpt2
     python train_llm.py --gguf-file SOME.gguf --max-steps 3 --gradient-checkpointing  # a GGUF model (README)
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--test-fraction", type=float, default=0.1, help="share of --data held out for evaluation")
     a("--max-eval-pairs", type=int, default=None, help="evaluate on at most this many test pairs (default all)")
     a("--max-steps", type=int, default=500, help="preference-training steps per trained model (every method)")
-    a("--sft-steps", type=int, default=None, help="supervised steps that make p0 (default: 300 tiny, 0 --model)")
+    a("--sft-steps", type=int, default=None, help="supervised steps that make p0 (default: 1000 tiny, 0 --model)")
     a("--alpha", default="0.5", help="Dirichlet concentration for w: one value or one per objective (App. A.6.1)")
     a("--beta", default="0.1", help="DPO temperature: one value or one per objective (paper: 0.1)")
     a("--penalty", type=float, default=0.0, help="cosine penalty lambda (App. A.2, wcos only): minimises "
@@ -102,8 +102,8 @@ def generate_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help="a file: one prompt per line, or PKU-SafeRLHF JSON lines (prompt field)")
-    a("--max-new-tokens", type=int, default=64)
-    a("--temperature", type=float, default=1.0, help="sampling temperature (> 0)")
+    a("--max-new-tokens", type=int, default=128)
+    a("--temperature", type=float, default=0.7, help="sampling temperature (> 0)")
     a("--top-p", type=float, default=0.9, help="nucleus sampling: smallest token set of this mass (0 < p <= 1)")
     a("--seed", type=int, default=0)
     a("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -124,7 +124,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         if not os.path.isfile(os.path.join(args.model, args.gguf_file)):
             raise FileNotFoundError(f"--gguf-file: no file {os.path.join(args.model, args.gguf_file)}")
     if args.sft_steps is None:
-        args.sft_steps = 0 if args.model else 300
+        args.sft_steps = 0 if args.model else 1000  # 1000: the tiny p0 then spells its answers (300: barely)
     if args.model and args.sft_steps > 0:
         raise ValueError("--sft-steps > 0 with --model: the checkpoint stores a pretrained base by name, so p0 "
                          "must be the model as loaded; fine-tune it separately and pass the result as --model")
