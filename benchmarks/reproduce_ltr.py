@@ -318,10 +318,32 @@ def tcos_table(out):
     return "\n".join(lines)
 
 
+def variant_table(dirs):
+    """Issue 13 before / after: the paper's W-COS-DPO against + FiLM + vertex 0.25, with the Soup and DPO-LS."""
+    out = ["### Issue 13: W-COS-DPO (paper) before, + FiLM + vertex 0.25 after", "",
+           "| objectives | seeds | HV paper | HV FiLM + vertex | HV DPO Soup | HV DPO-LS | worst end gap paper | "
+           "worst end gap FiLM + vertex | main NDCG@10 paper | main FiLM + vertex | time FiLM + vertex / DPO-LS |",
+           "|---" * 11 + "|"]
+    for tag, objectives, _ in SETS:
+        runs = {f: gather(dirs, os.path.join("compare", tag, f), tag)
+                for f in ("wcos", "wcos_film_vertex", "soup", "ls")}
+        seeds = [d for d in runs["wcos"] if d in runs["wcos_film_vertex"]]
+        if not seeds:
+            continue
+        rows = {f: [found[d] for d in seeds if d in found] for f, found in runs.items()}
+        ratio = f"{mean(rows['wcos_film_vertex'], 'secs') / mean(rows['ls'], 'secs'):.3f}" if rows["ls"] else "-"
+        out.append(f"| {objectives.replace(',', ', ')} | {len(seeds)} | {col(rows['wcos'], 'hv', '.4g')} | "
+                   f"{col(rows['wcos_film_vertex'], 'hv', '.4g')} | {col(rows['soup'], 'hv', '.4g')} | "
+                   f"{col(rows['ls'], 'hv', '.4g')} | {col(rows['wcos'], 'end_worst', '+.3f')} | "
+                   f"{col(rows['wcos_film_vertex'], 'end_worst', '+.3f')} | {col(rows['wcos'], 'main', '.3f')} | "
+                   f"{col(rows['wcos_film_vertex'], 'main', '.3f')} | {ratio} |")
+    return "\n".join(out) if len(out) > 4 else ""
+
+
 def report(dirs):
     """Every table the folders hold: compare and ablations over all seeds, linear and tcos of the first."""
-    return "\n\n".join(s for s in (compare_tables(dirs), ablation_tables(dirs, dirs[0]), linear_table(dirs[0]),
-                                    tcos_table(dirs[0])) if s) + "\n"
+    return "\n\n".join(s for s in (compare_tables(dirs), variant_table(dirs), ablation_tables(dirs, dirs[0]),
+                                    linear_table(dirs[0]), tcos_table(dirs[0])) if s) + "\n"
 
 
 def main():
