@@ -1,6 +1,6 @@
 """Re-measure the paper's ranking claims with one command per seed (issues 5, 10, 13).
 
-Run from the repository root, one seed per process (each part reuses the finished runs it finds in --out):
+Run from the repository root, one seed per process (finished runs in --out are reused, interrupted ones resumed):
     python benchmarks/reproduce_ltr.py --seed 0 --out runs/paper/seed0 --threads 1              # every part
     python benchmarks/reproduce_ltr.py --seed 1 --out runs/paper/seed1 --threads 1 --parts compare
     python benchmarks/reproduce_ltr.py --seed 2 --out runs/paper/seed2 --parts compare --methods wcos,soup  # some rows
@@ -54,12 +54,14 @@ PAPER_TABLE1 = {"ls": ("1.648e-3", "0.355 +/- 0.029", "14649", "551,232"),
 
 # ---- training (one train_ltr.py run per folder, reused when finished) -----------------------------------------
 def train(common, out, *extra):
+    """A finished run (results.json) is reused, an interrupted one (model.pt only) continued with --resume."""
     if os.path.exists(os.path.join(out, "results.json")):
         print(f"--- reusing {out}", flush=True)
-    else:
-        print(f"--- train_ltr.py {' '.join(extra)} --out {out}", flush=True)
-        if train_ltr.main(common + ["--out", out] + list(extra)) != 0:
-            raise SystemExit(f"training failed for {out}")
+        return
+    resume = ["--resume"] if os.path.exists(os.path.join(out, "model.pt")) else []
+    print(f"--- train_ltr.py {' '.join(extra + tuple(resume))} --out {out}", flush=True)
+    if train_ltr.main(common + ["--out", out] + list(extra) + resume) != 0:
+        raise SystemExit(f"training failed for {out}")
 
 
 def run_compare(common, out, methods):
