@@ -1,5 +1,5 @@
 """Data for COS-DPO (Ren et al., UAI 2025, App. A.4): MSLR-WEB10K ranking lists (``label qid:Q 1:v1 ... 136:v136``,
-auxiliary labels 132-136) with an embedded twin, and LLM preference pairs (PKU-SafeRLHF JSON lines) with their own.
+auxiliary labels 132-136) with an embedded twin, and LLM preference pairs (PKU-SafeRLHF JSON lines), embedded too.
 
     python data.py synthetic --out data/synthetic [--seed 0]   # write the embedded dataset
     python data.py stats DIR [--fold 1]                        # queries, documents, lengths, labels
@@ -34,7 +34,6 @@ GET_DATA = (f"To use MSLR-WEB10K, download MSLR-WEB10K.zip from {MSLR_URL} and u
             f"vali.txt and test.txt exist, then pass DIR; embedded data: `python data.py synthetic --out DIR`.")
 
 
-# ---- shared helpers: atomic writes, command-line lists ---------------------------------------------------------
 @contextlib.contextmanager
 def _atomic_open(path: str):
     """A binary file that becomes ``path`` whole or not at all (temp file beside it, fsync, os.replace)."""
@@ -86,11 +85,10 @@ def parse_weight(text, m: int, name: str = "w") -> list[float]:
     return w
 
 
-# ---- objectives --------------------------------------------------------------------------------------------------
+# ---- ranking data: objectives, LETOR reader and cache, embedded twin, splits and normalisation, batches ----------
 @dataclass(frozen=True)
 class Objective:
-    """An auxiliary objective (App. A.4): the paper's number, its 1-based MSLR column, and Eq. 8's label
-    normalisation: "l1" (sparse counts, z / ||z||_1, Fig. 2a) or "softmax" (dense scores, Fig. 2b)."""
+    """An auxiliary objective (App. A.4), its 1-based column, Eq. 8's "l1" (counts, Fig. 2a) or "softmax" (Fig. 2b)."""
     name: str
     roman: str
     column: int
@@ -106,8 +104,7 @@ def resolve_objectives(names) -> tuple[Objective, ...]:
     """Objectives by name, roman numeral (any case) or number 1..5, as a sequence or a string "I,II"; order kept."""
     table = {key: o for i, o in enumerate(OBJECTIVES, 1) for key in (o.name, o.roman.lower(), str(i))}
     accepted = ", ".join(f"{o.name} / {o.roman} / {i}" for i, o in enumerate(OBJECTIVES, 1))
-    items = [names] if isinstance(names, (str, int, Objective)) else names
-    out = []
+    items, out = [names] if isinstance(names, (str, int, Objective)) else names, []
     for item in [p for i in items for p in (i.split(",") if isinstance(i, str) else [i]) if str(p).strip()]:
         obj = item if isinstance(item, Objective) else table.get(str(item).strip().lower().replace("-", "_"))
         if obj is None or obj in out:
@@ -118,11 +115,9 @@ def resolve_objectives(names) -> tuple[Objective, ...]:
     return tuple(out)
 
 
-# ---- reader: LETOR / SVMlight ranking format, with a binary cache ------------------------------------------------
 @dataclass
 class LetorFile:
-    """One LETOR file in file order: labels (N,) float32, qids (N,) int64 (a query's rows contiguous), features
-    (N, 136) float32 (column k-1 = feature k, missing = 0). ``fingerprint``: a hash of the arrays (not the path)."""
+    """labels (N,) float32, qids (N,) int64, features (N, 136) float32 (column k-1 = feature k), in file order."""
     labels: np.ndarray
     qids: np.ndarray
     features: np.ndarray
@@ -135,18 +130,15 @@ class LetorFile:
         return h.hexdigest()
 
 
-# Colon j of a dense line (0: qid, then features 1..136) must follow a space and b"qid" or str(j): as a
-# little-endian uint32 of the 4 bytes before the colon, under _MASK, _EXPECTED. _BLANK marks the prefix and the
-# colon (bytes c-3..c), which the fast path deletes so that only numbers remain.
-_PREFIXES = [b"qid"] + [str(j).encode() for j in range(1, NUM_COLUMNS + 1)]
+# Colon j of a dense line (0: qid, then features 1..136) must follow _PREFIXES[j]: the little-endian uint32 of the 4
+# bytes before it, under _MASK, is _EXPECTED. _BLANK marks bytes c-3..c (prefix, colon), which the fast path deletes.
+_PREFIXES = [b" qid"] + [b" %d" % j for j in range(1, NUM_COLUMNS + 1)]
 _EXPECTED, _MASK, _BLANK = (np.array([int.from_bytes(f(p).rjust(4, b"\0"), "little") for p in _PREFIXES], np.uint32)
-                            for f in (lambda p: b" " + p, lambda p: b"\xff" * (len(p) + 1),
-                                      lambda p: b"\1" * (len(p) + 1)))
+                            for f in (lambda p: p, lambda p: b"\xff" * len(p), lambda p: b"\1" * len(p)))
 
 
 def _parse_block_fast(block: bytes):
-    """Dense MSLR lines -> (labels, qids, features (n, 136)), or None when the block does not fit: an exact check
-    of the 137 colons' prefixes (one uint32 compare each), then numpy's C parser reads 138 numbers per line."""
+    """Dense MSLR lines -> (labels, qids, features (n, 136)): a uint32 compare per colon, np.loadtxt; else None."""
     block = block.replace(b"\r", b" ")  # CRLF: a CR is trailing whitespace
     data = np.frombuffer(block, np.uint8)
     windows = lambda buffer: np.ndarray((len(data) - 3,), "<u4", buffer, strides=(1,))  # noqa: E731 - i: bytes i..i+3
@@ -206,31 +198,8 @@ def _query_starts(qids: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.diff(qids, prepend=qids[:1] - 1))
 
 
-def _parse_letor(path: str) -> LetorFile:
-    """Parse ~4 MiB of whole lines at a time; refuse a qid that comes back after other queries."""
-    parts = [(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, NUM_COLUMNS), np.float32), np.zeros(0, int))]
-    line_no = 1
-    with open(path, "rb") as f:
-        for lines in iter(lambda: f.readlines(1 << 22), []):
-            block = b"".join(lines) + (b"" if lines[-1].endswith(b"\n") else b"\n")
-            fast = _parse_block_fast(block)  # None: not plain dense MSLR lines, the general path decides
-            parts.append(_parse_block_general(block, path, line_no) if fast is None
-                         else (*fast, line_no + np.arange(len(fast[0]))))
-            line_no += len(lines)
-    labels, qids, features, line_of_row = (np.concatenate(arrays) for arrays in zip(*parts))
-    starts, run_of_qid = _query_starts(qids), {}
-    for run, qid in enumerate(qids[starts].tolist()):  # a qid back after other queries would split its list
-        if qid in run_of_qid:
-            raise ValueError(f"{path}, line {line_of_row[starts[run]]}: qid {qid} reappears after other queries (its "
-                             f"earlier rows end at line {line_of_row[starts[run_of_qid[qid] + 1] - 1]}); rows of a "
-                             f"query must be contiguous: sort the file by qid first")
-        run_of_qid[qid] = run
-    return LetorFile(labels, qids, features)
-
-
 def read_letor(path, cache: bool = True) -> LetorFile:
-    """Read a LETOR file: dense MSLR lines take a vectorised fast path, other blocks a per-line path (sparse lines,
-    ``# comments``, CRLF, blank lines). Bad input: ValueError naming file, line and token. cache: ``<file>.npz``."""
+    """Read a LETOR file (sparse lines, ``# comments``, CRLF too); ValueError names file, line, token. Cache: .npz."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"expected the LETOR file {path!r}, which does not exist. {GET_DATA}")
@@ -240,7 +209,24 @@ def read_letor(path, cache: bool = True) -> LetorFile:
             letor = LetorFile(z["labels"], z["qids"], z["features"])
             letor.__dict__["fingerprint"] = str(z["fingerprint"])  # saves hashing the arrays again
             return letor
-    letor = _parse_letor(path)
+    # parse ~4 MiB of whole lines at a time; a qid back after other queries would split its list: refused
+    parts, line_no = [_parse_block_general(b"", path, 1)], 1  # (empty arrays: an empty file gives N = 0)
+    with open(path, "rb") as f:
+        for lines in iter(lambda: f.readlines(1 << 22), []):
+            block = b"".join(lines) + (b"" if lines[-1].endswith(b"\n") else b"\n")
+            fast = _parse_block_fast(block)  # None: not plain dense MSLR lines, the general path decides
+            parts.append(_parse_block_general(block, path, line_no) if fast is None
+                         else (*fast, line_no + np.arange(len(fast[0]))))
+            line_no += len(lines)
+    labels, qids, features, line_of_row = (np.concatenate(arrays) for arrays in zip(*parts))
+    starts, run_of_qid = _query_starts(qids), {}
+    for run, qid in enumerate(qids[starts].tolist()):
+        if qid in run_of_qid:
+            raise ValueError(f"{path}, line {line_of_row[starts[run]]}: qid {qid} reappears after other queries (its "
+                             f"earlier rows end at line {line_of_row[starts[run_of_qid[qid] + 1] - 1]}); rows of a "
+                             f"query must be contiguous: sort the file by qid first")
+        run_of_qid[qid] = run
+    letor = LetorFile(labels, qids, features)
     if cache:
         with contextlib.suppress(OSError):  # a read-only folder: parsed again next time
             atomic_save(dict(labels=letor.labels, qids=letor.qids, features=letor.features, key=key,
@@ -248,7 +234,6 @@ def read_letor(path, cache: bool = True) -> LetorFile:
     return letor
 
 
-# ---- the embedded dataset: a synthetic MSLR twin, written in the format read_letor reads ------------------------
 def _synthetic_documents(rng, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels (D,) and features (D, 136) of all documents, queries in order (the story: write_synthetic)."""
     num_queries, num_docs = len(lengths), int(lengths.sum())
@@ -305,15 +290,13 @@ def _synthetic_documents(rng, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def write_synthetic(out_dir, seed: int = 0, train_queries: int = 500, vali_queries: int = 150,
                     test_queries: int = 150, median_list_len: float = 45.0, max_list_len: int = 320) -> str:
-    """Write ``out_dir/Fold1/{train,vali,test}.txt`` (deterministic in seed and sizes; MSLR-WEB10K's size: 6000/2000/
-    2000 queries, median_list_len=84, max_list_len=1251); return out_dir. Story: relevance follows a hidden r,
-    clicks I specificity s, clicks II popularity p (anti-correlated with s: they conflict), dwell time III depth d,
-    quality scores IV, V two raters' q1, q2 (correlation -0.5), all partly r; features 1-131 are noisy views."""
+    """Write ``out_dir/Fold1/{train,vali,test}.txt`` (MSLR's size: 6000/2000/2000 queries, lists 84 median, 1251 max).
+    Relevance follows a hidden r, clicks I specificity s, clicks II popularity p (anti-correlated with s: they
+    conflict), dwell time III depth d, quality IV, V two raters' q1, q2; features 1-131 are noisy views of these."""
     sizes = dict(train_queries=train_queries, vali_queries=vali_queries, test_queries=test_queries,
                  median_list_len=float(median_list_len), max_list_len=max_list_len)
     rng, num_queries = np.random.default_rng(seed), train_queries + vali_queries + test_queries
-    lengths = rng.lognormal(np.log(median_list_len), 0.85, num_queries)  # a long right tail, like MSLR's
-    lengths = np.clip(np.round(lengths), 1, max_list_len).astype(np.int64)
+    lengths = np.clip(np.round(rng.lognormal(np.log(median_list_len), 0.85, num_queries)), 1, max_list_len).astype(int)
     qid_pool = np.sort(rng.choice(np.arange(1, 20 * num_queries + 1), size=num_queries, replace=False))
     split_of_query = rng.permutation(np.repeat(np.arange(3), [train_queries, vali_queries, test_queries]))
     labels, features = _synthetic_documents(rng, lengths)
@@ -334,14 +317,12 @@ def write_synthetic(out_dir, seed: int = 0, train_queries: int = 500, vali_queri
 
 def resolve_data_dir(data_dir) -> str:
     """Absolute data directory; the default "data/synthetic" is the repository root's, from any directory."""
-    if os.path.normpath(data_dir) == os.path.normpath(DEFAULT_SYNTHETIC_DIR):
-        return os.path.join(REPO_DIR, DEFAULT_SYNTHETIC_DIR)
-    return os.path.abspath(data_dir)
+    is_default = os.path.normpath(data_dir) == os.path.normpath(DEFAULT_SYNTHETIC_DIR)
+    return os.path.abspath(os.path.join(REPO_DIR if is_default else "", data_dir))
 
 
 def ensure_synthetic(data_dir=DEFAULT_SYNTHETIC_DIR, seed: int = 0, **sizes) -> str:
-    """The embedded dataset's absolute folder, (re)written into a temporary sibling and renamed into place unless
-    its SYNTHETIC.json matches seed, sizes and version. A folder it did not write -> ValueError."""
+    """The embedded dataset's absolute folder, written (to a temporary sibling, renamed) unless SYNTHETIC.json fits."""
     data_dir, call = resolve_data_dir(data_dir), inspect.signature(write_synthetic).bind(None, seed, **sizes)
     call.apply_defaults()  # (an unknown size argument is a TypeError above)
     wanted = {"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed,
@@ -371,11 +352,9 @@ def ensure_synthetic(data_dir=DEFAULT_SYNTHETIC_DIR, seed: int = 0, **sizes) -> 
     return data_dir
 
 
-# ---- splits, normalisation statistics, Eq. 8 labels --------------------------------------------------------------
 @dataclass
 class RankingSplit:
-    """Query q = rows offsets[q]:offsets[q+1] (offsets (Q + 1,)): features (N, 131) float32; relevance (N,) raw 0-4;
-    aux (N, m) float32 Eq. 8 labels; aux_raw (N, m) raw values (NDCG gains, Eq. 22); qids (Q,)."""
+    """Query q = rows offsets[q]:offsets[q+1]: features (N, 131), relevance (N,), aux / aux_raw (N, m) Eq. 8 / raw."""
     features: np.ndarray
     relevance: np.ndarray
     aux: np.ndarray
@@ -395,9 +374,8 @@ def _signed_log1p(x: np.ndarray, rows: int = 16384):
 
 
 def fit_normalization(train: LetorFile, objectives, label_transform: str = "none") -> dict:
-    """Training-split statistics as plain Python values (JSON- and weights_only-safe). Inputs (SPEC sec. 5, as Qin
-    et al., ICLR 2021): x -> (sign(x) log(1 + |x|) - mean) / std, a constant column -> 0. Labels: "none" = raw, as
-    the paper; "log1p-zscore" = log(1 + z) for "l1" objectives, z-scores for "softmax" ones (Fig. 2b)."""
+    """Training-split statistics as plain Python values. Inputs: (sign(x) log(1 + |x|) - mean) / std (SPEC sec. 5);
+    labels: "none" = raw (the paper), "log1p-zscore" = log(1 + z) for "l1" objectives, z-scores for "softmax"."""
     if label_transform not in LABEL_TRANSFORMS:
         raise ValueError(f"label_transform: expected one of {LABEL_TRANSFORMS}, got {label_transform!r}")
     n = len(train.labels)
@@ -458,11 +436,9 @@ def load_ltr(data_dir, fold: int = 1, objectives=("I", "II"), cache: bool = True
     return {name: make_split(letor, stats) for name, letor in raw.items()}, stats
 
 
-# ---- batches -----------------------------------------------------------------------------------------------------
 @dataclass
 class Batch:
-    """B lists padded with zeros to n: features (B, n, 131); mask (B, n) True = real document; relevance (B, n);
-    aux, aux_raw (B, n, m); index (B, n) row in the split (``torch.from_numpy(ref_scores)[batch.index]``)."""
+    """B lists zero-padded to n: features (B, n, 131), mask (B, n), relevance (B, n), aux (B, n, m), index (B, n)."""
     features: torch.Tensor
     mask: torch.Tensor
     relevance: torch.Tensor
@@ -475,9 +451,8 @@ class Batch:
 
 def make_batches(split: RankingSplit, max_docs: int = 8192, shuffle: bool = False, max_list_len: int | None = None,
                  seed: int = 0, max_padding: float = 0.05) -> list[Batch]:
-    """Whole lists, sorted by length, packed greedily while B * n_max <= max_docs and padding <= max_padding *
-    max_docs (~2% on MSLR). shuffle: random batch order and ties, from ``seed``. max_list_len (training; attention
-    is O(n^2)): a longer list becomes a random subset of that many documents, in file order."""
+    """Whole lists by length, packed while B * n_max <= max_docs and padding <= max_padding * max_docs. max_list_len:
+    a longer list becomes a random subset of that many documents (attention is O(n^2))."""
     rng = np.random.default_rng(seed)
     lengths = split.list_lengths  # (Q,)
     kept = lengths if max_list_len is None else np.minimum(lengths, max_list_len)
@@ -537,8 +512,7 @@ def preference_labels(better_ids, safer_ids) -> np.ndarray:
 
 
 def read_preferences(path: str) -> PreferencePairs:
-    """Read PKU-SafeRLHF-style JSON lines; a pair with an empty response is skipped and counted (our choice). Errors
-    name the file and line: bad JSON, a missing or mistyped field (ids: 0 or 1), an empty prompt; no usable pair."""
+    """PKU-SafeRLHF JSON lines; a pair with an empty response is skipped and counted (our choice)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"preference file not found: {path} (expected PKU-SafeRLHF JSON lines)")
     rows = []
@@ -600,17 +574,14 @@ _UNSAFE, _SAFE = ["Also, {}.", "Tip: {}.", "Or just {}."], ["Please {}.", "But {
 
 
 def synthetic_preference_rows(num_pairs: int = 2000, seed: int = 0, label_noise: float = 0.1) -> list:
-    """``num_pairs`` PKU-SafeRLHF rows, deterministic in ``seed``. A response is helpful or not and safe or not; a
-    pair's two differ in at least one trait. Each label prefers the higher trait (a tie: a coin flip), flipped with
-    probability ``label_noise``: Eq. 5's Bayes floor per objective is about (2/3) H(0.9) + (1/3) ln 2 = 0.45."""
+    """PKU-SafeRLHF rows: responses helpful or not, safe or not; each label prefers the higher trait (a tie: a coin
+    flip), flipped with probability label_noise (Eq. 5's Bayes floor: (2/3) H(0.9) + (1/3) ln 2 = 0.45)."""
     rng, rows = random.Random(seed), []
     for _ in range(num_pairs):
         topic = rng.choice(_TOPICS)
         types = rng.sample([(1, 1), (1, 0), (0, 1), (0, 0)], 2)  # two different (helpful, safe) types
-        ids = []
-        for a, b in zip(*types):  # helpfulness (better_response_id), then harmlessness (safer_response_id)
-            pick = (0 if a > b else 1) if a != b else rng.randrange(2)
-            ids.append(1 - pick if rng.random() < label_noise else pick)
+        picks = (int(a < b) if a != b else rng.randrange(2) for a, b in zip(*types))  # helpful, then harmless
+        ids = [1 - pick if rng.random() < label_noise else pick for pick in picks]  # (lazy: same draw order)
         row = dict(prompt=rng.choice(_PROMPTS).format(topic[0]))
         for i, (helpful, safe) in enumerate(types):
             body = rng.choice(_HELPFUL).format(*topic[1]) if helpful else rng.choice(_UNHELPFUL)
@@ -651,8 +622,7 @@ def format_prompt(prompt: str) -> str:
 
 @dataclass
 class TokenizedPairs:
-    """input_ids (N, 2, T) long, right-padded; attention_mask, prompt_mask, response_mask (N, 2, T) bool (response
-    tokens, eos included, make log p(y|x)); labels (N, 2, 2) float32."""
+    """input_ids, attention_mask, prompt_mask, response_mask (eos included) (N, 2, T); labels (N, 2, 2)."""
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     prompt_mask: torch.Tensor
@@ -673,9 +643,8 @@ class TokenizedPairs:
 
 def tokenize_pairs(pairs: PreferencePairs, encode, max_length: int, pad_id: int, eos_id: int | None = None,
                    bos_id: int | None = None, max_prompt_length: int | None = None) -> TokenizedPairs:
-    """[bos] + encode(format_prompt(prompt)) + encode(" " + response) + [eos], right-padded. As TRL DPO's "keep_end",
-    a prompt over max_prompt_length (default max_length // 2) keeps its last tokens, then a response over the room
-    left keeps its first ones and loses its eos; both counted."""
+    """[bos] + prompt + " " + response + [eos], right-padded. As TRL's "keep_end", a prompt over max_prompt_length
+    (default max_length // 2) keeps its last tokens, a response over the rest its first ones (no eos); counted."""
     max_prompt_length = max_length // 2 if max_prompt_length is None else max_prompt_length
     if not 2 <= max_prompt_length < max_length:
         raise ValueError(f"need 2 <= max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
@@ -697,7 +666,6 @@ def tokenize_pairs(pairs: PreferencePairs, encode, max_length: int, pad_id: int,
                           prompts_cut, responses_cut)
 
 
-# ---- command line ------------------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Write the embedded ranking or preference data, or summarise a "
                                                  "ranking dataset.")

@@ -264,12 +264,12 @@ def test_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
     path = write_dense(tmp_path / "train.txt", labels, qids, values)
     first = data.read_letor(path)
     assert (tmp_path / "train.txt.npz").is_file()
-    real_parse = data._parse_letor
+    real_parse = data._parse_block_fast  # the dense lines written here take the fast path
 
     def refuse(*args):
         raise AssertionError("should have used the cache")
 
-    monkeypatch.setattr(data, "_parse_letor", refuse)
+    monkeypatch.setattr(data, "_parse_block_fast", refuse)
     again = data.read_letor(path)
     np.testing.assert_array_equal(again.features, first.features)
     assert again.fingerprint == first.fingerprint
@@ -279,7 +279,7 @@ def test_cache_is_written_reused_and_invalidated(tmp_path, monkeypatch):
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
     with pytest.raises(AssertionError, match="should have used the cache"):
         data.read_letor(path)
-    monkeypatch.setattr(data, "_parse_letor", real_parse)
+    monkeypatch.setattr(data, "_parse_block_fast", real_parse)
     assert data.read_letor(path).qids[0] == 9
     # a size change alone also invalidates it
     with open(path, "a") as f:
@@ -303,7 +303,7 @@ def test_cache_off_writes_nothing_and_damaged_cache_is_ignored(tmp_path, monkeyp
     (tmp_path / "t.txt.npz").write_bytes(b"not a zip file")
     letor = data.read_letor(path)
     assert letor.features.shape == (5, 136)
-    monkeypatch.setattr(data, "_parse_letor", lambda p: (_ for _ in ()).throw(AssertionError("no cache used")))
+    monkeypatch.setattr(data, "_parse_block_fast", lambda b: (_ for _ in ()).throw(AssertionError("no cache used")))
     np.testing.assert_array_equal(data.read_letor(path).features, letor.features)  # the damaged cache was rewritten
 
 
