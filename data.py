@@ -1,5 +1,4 @@
-"""Data for COS-DPO (Ren et al., UAI 2025, App. A.4): MSLR-WEB10K ranking lists (``label qid:Q 1:v1 ... 136:v136``,
-auxiliary labels 132-136) with an embedded twin, and LLM preference pairs (PKU-SafeRLHF JSON lines), embedded too.
+"""Data for COS-DPO (Ren et al., UAI 2025, App. A.4): MSLR-WEB10K ranking lists and PKU-SafeRLHF preference pairs.
 
     python data.py synthetic --out data/synthetic [--seed 0]   # write the embedded dataset
     python data.py stats DIR [--fold 1]                        # queries, documents, lengths, labels
@@ -21,7 +20,6 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 NUM_COLUMNS, NUM_INPUTS = 136, 131  # MSLR feature columns; model inputs are features 1..131 (App. A.4)
 SPLITS = ("train", "vali", "test")
@@ -32,6 +30,13 @@ DEFAULT_SYNTHETIC_DIR = "data/synthetic"  # relative to the repository root (git
 MSLR_URL = "https://www.microsoft.com/en-us/research/project/mslr/"
 GET_DATA = (f"To use MSLR-WEB10K, download MSLR-WEB10K.zip from {MSLR_URL} and unzip it so that DIR/Fold1/train.txt, "
             f"vali.txt and test.txt exist, then pass DIR; embedded data: `python data.py synthetic --out DIR`.")
+PREFERENCE_OBJECTIVES = ("helpfulness", "harmlessness")  # labelled by better_response_id, safer_response_id
+PREFERENCE_FIELDS = {"prompt": str, "response_0": str, "response_1": str,
+                     "better_response_id": int, "safer_response_id": int}
+# Colon j of a dense line: (uint32 of the 4 bytes before it) & _MASK[j] == _EXPECTED[j]; _BLANK[j]: c-3..c to delete.
+_PREFIXES = [b" qid"] + [b" %d" % j for j in range(1, NUM_COLUMNS + 1)]
+_EXPECTED, _MASK, _BLANK = (np.array([int.from_bytes(f(p).rjust(4, b"\0"), "little") for p in _PREFIXES], np.uint32)
+                            for f in (lambda p: p, lambda p: b"\xff" * len(p), lambda p: b"\1" * len(p)))
 
 
 @contextlib.contextmanager
@@ -85,7 +90,6 @@ def parse_weight(text, m: int, name: str = "w") -> list[float]:
     return w
 
 
-# ---- ranking data: objectives, LETOR reader and cache, embedded twin, splits and normalisation, batches ----------
 @dataclass(frozen=True)
 class Objective:
     """An auxiliary objective (App. A.4), its 1-based column, Eq. 8's "l1" (counts, Fig. 2a) or "softmax" (Fig. 2b)."""
@@ -121,6 +125,7 @@ class LetorFile:
     labels: np.ndarray
     qids: np.ndarray
     features: np.ndarray
+    query_starts = property(lambda self: np.flatnonzero(np.diff(self.qids, prepend=self.qids[:1] - 1)))  # (Q,)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -128,13 +133,6 @@ class LetorFile:
         for array, dtype in ((self.labels, "<f4"), (self.qids, "<i8"), (self.features, "<f4")):
             h.update(np.ascontiguousarray(array, dtype=dtype))
         return h.hexdigest()
-
-
-# Colon j of a dense line (0: qid, then features 1..136) must follow _PREFIXES[j]: the little-endian uint32 of the 4
-# bytes before it, under _MASK, is _EXPECTED. _BLANK marks bytes c-3..c (prefix, colon), which the fast path deletes.
-_PREFIXES = [b" qid"] + [b" %d" % j for j in range(1, NUM_COLUMNS + 1)]
-_EXPECTED, _MASK, _BLANK = (np.array([int.from_bytes(f(p).rjust(4, b"\0"), "little") for p in _PREFIXES], np.uint32)
-                            for f in (lambda p: p, lambda p: b"\xff" * len(p), lambda p: b"\1" * len(p)))
 
 
 def _parse_block_fast(block: bytes):
@@ -194,12 +192,8 @@ def _parse_block_general(block: bytes, path: str, first_line: int):
     return np.array(labels, np.float32), np.array(qids, np.int64), features[:n], np.array(line_numbers, np.int64)
 
 
-def _query_starts(qids: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(np.diff(qids, prepend=qids[:1] - 1))
-
-
 def read_letor(path, cache: bool = True) -> LetorFile:
-    """Read a LETOR file (sparse lines, ``# comments``, CRLF too); ValueError names file, line, token. Cache: .npz."""
+    """Read ``label qid:Q k:v ...`` lines (sparse, ``# comments``, CRLF too); errors name file, line, token."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"expected the LETOR file {path!r}, which does not exist. {GET_DATA}")
@@ -209,9 +203,9 @@ def read_letor(path, cache: bool = True) -> LetorFile:
             letor = LetorFile(z["labels"], z["qids"], z["features"])
             letor.__dict__["fingerprint"] = str(z["fingerprint"])  # saves hashing the arrays again
             return letor
-    # parse ~4 MiB of whole lines at a time; a qid back after other queries would split its list: refused
-    parts, line_no = [_parse_block_general(b"", path, 1)], 1  # (empty arrays: an empty file gives N = 0)
-    with open(path, "rb") as f:
+    parts = [(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros((0, NUM_COLUMNS), np.float32), np.zeros(0, int))]
+    line_no = 1
+    with open(path, "rb") as f:  # ~4 MiB of whole lines at a time
         for lines in iter(lambda: f.readlines(1 << 22), []):
             block = b"".join(lines) + (b"" if lines[-1].endswith(b"\n") else b"\n")
             fast = _parse_block_fast(block)  # None: not plain dense MSLR lines, the general path decides
@@ -219,18 +213,17 @@ def read_letor(path, cache: bool = True) -> LetorFile:
                          else (*fast, line_no + np.arange(len(fast[0]))))
             line_no += len(lines)
     labels, qids, features, line_of_row = (np.concatenate(arrays) for arrays in zip(*parts))
-    starts, run_of_qid = _query_starts(qids), {}
-    for run, qid in enumerate(qids[starts].tolist()):
+    letor = LetorFile(labels, qids, features)
+    starts, run_of_qid = letor.query_starts, {}
+    for run, qid in enumerate(qids[starts].tolist()):  # a qid back after other queries would split its list
         if qid in run_of_qid:
             raise ValueError(f"{path}, line {line_of_row[starts[run]]}: qid {qid} reappears after other queries (its "
                              f"earlier rows end at line {line_of_row[starts[run_of_qid[qid] + 1] - 1]}); rows of a "
                              f"query must be contiguous: sort the file by qid first")
         run_of_qid[qid] = run
-    letor = LetorFile(labels, qids, features)
     if cache:
         with contextlib.suppress(OSError):  # a read-only folder: parsed again next time
-            atomic_save(dict(labels=letor.labels, qids=letor.qids, features=letor.features, key=key,
-                             fingerprint=np.array(letor.fingerprint)), path + ".npz")
+            atomic_save({**vars(letor), "key": key, "fingerprint": np.array(letor.fingerprint)}, path + ".npz")
     return letor
 
 
@@ -290,9 +283,8 @@ def _synthetic_documents(rng, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def write_synthetic(out_dir, seed: int = 0, train_queries: int = 500, vali_queries: int = 150,
                     test_queries: int = 150, median_list_len: float = 45.0, max_list_len: int = 320) -> str:
-    """Write ``out_dir/Fold1/{train,vali,test}.txt`` (MSLR's size: 6000/2000/2000 queries, lists 84 median, 1251 max).
-    Relevance follows a hidden r, clicks I specificity s, clicks II popularity p (anti-correlated with s: they
-    conflict), dwell time III depth d, quality IV, V two raters' q1, q2; features 1-131 are noisy views of these."""
+    """Write ``out_dir/Fold1/{train,vali,test}.txt``; MSLR's size: 6000/2000/2000 queries, median_list_len=84, max 1251.
+    Traits: r (relevance), s (clicks I), p (clicks II, anti-correlated with s), d (dwell III), q1, q2 (IV, V)."""
     sizes = dict(train_queries=train_queries, vali_queries=vali_queries, test_queries=test_queries,
                  median_list_len=float(median_list_len), max_list_len=max_list_len)
     rng, num_queries = np.random.default_rng(seed), train_queries + vali_queries + test_queries
@@ -323,13 +315,13 @@ def resolve_data_dir(data_dir) -> str:
 
 def ensure_synthetic(data_dir=DEFAULT_SYNTHETIC_DIR, seed: int = 0, **sizes) -> str:
     """The embedded dataset's absolute folder, written (to a temporary sibling, renamed) unless SYNTHETIC.json fits."""
+    def marker() -> dict | None:  # (resolved) data_dir's SYNTHETIC.json as write_synthetic wrote it; None: unreadable
+        with contextlib.suppress(OSError, ValueError), open(os.path.join(data_dir, "SYNTHETIC.json")) as f:
+            return json.load(f)
     data_dir, call = resolve_data_dir(data_dir), inspect.signature(write_synthetic).bind(None, seed, **sizes)
     call.apply_defaults()  # (an unknown size argument is a TypeError above)
     wanted = {"generator": "cosdpo data.write_synthetic", "version": SYNTHETIC_VERSION, "seed": seed,
               "sizes": {k: v for k, v in call.arguments.items() if k not in ("out_dir", "seed")}}
-    def marker() -> dict | None:  # data_dir's SYNTHETIC.json, as write_synthetic wrote it (None: no such file)
-        with contextlib.suppress(OSError, ValueError), open(os.path.join(data_dir, "SYNTHETIC.json")) as f:
-            return json.load(f)
     if marker() == wanted:
         return data_dir
     if os.path.isdir(data_dir) and os.listdir(data_dir) and marker() is None:
@@ -361,8 +353,7 @@ class RankingSplit:
     aux_raw: np.ndarray
     offsets: np.ndarray
     qids: np.ndarray
-    num_queries = property(lambda self: len(self.qids))
-    num_docs = property(lambda self: len(self.relevance))
+    num_queries, num_docs = property(lambda self: len(self.qids)), property(lambda self: len(self.relevance))
     list_lengths = property(lambda self: np.diff(self.offsets), doc="(Q,) documents per query")
 
 
@@ -388,7 +379,7 @@ def fit_normalization(train: LetorFile, objectives, label_transform: str = "none
             "objectives": [o.name for o in resolve_objectives(objectives)], "label_transform": label_transform,
             "aux_mean": {o.name: float(v) for o, v in zip(OBJECTIVES, aux.mean(0))},
             "aux_std": {o.name: float(v) if v >= 1e-6 else 1.0 for o, v in zip(OBJECTIVES, aux.std(0))},
-            "fingerprint": train.fingerprint, "train_queries": len(_query_starts(train.qids)), "train_docs": n}
+            "fingerprint": train.fingerprint, "train_queries": len(train.query_starts), "train_docs": n}
 
 
 def normalize_features(raw_features: np.ndarray, stats: dict) -> np.ndarray:
@@ -415,7 +406,7 @@ def transform_aux(raw_aux: np.ndarray, objectives, stats: dict) -> np.ndarray:
 def make_split(letor: LetorFile, stats: dict) -> RankingSplit:
     """A RankingSplit of a parsed file, prepared like the training data (objectives: stats["objectives"])."""
     objs = resolve_objectives(stats["objectives"])
-    starts, aux_raw = _query_starts(letor.qids), letor.features[:, [o.column - 1 for o in objs]]  # (N, m)
+    starts, aux_raw = letor.query_starts, letor.features[:, [o.column - 1 for o in objs]]  # (N, m)
     return RankingSplit(normalize_features(letor.features, stats), letor.labels, transform_aux(aux_raw, objs, stats),
                         aux_raw, np.append(starts, len(letor.qids)), letor.qids[starts])
 
@@ -453,8 +444,7 @@ def make_batches(split: RankingSplit, max_docs: int = 8192, shuffle: bool = Fals
                  seed: int = 0, max_padding: float = 0.05) -> list[Batch]:
     """Whole lists by length, packed while B * n_max <= max_docs and padding <= max_padding * max_docs. max_list_len:
     a longer list becomes a random subset of that many documents (attention is O(n^2))."""
-    rng = np.random.default_rng(seed)
-    lengths = split.list_lengths  # (Q,)
+    rng, lengths = np.random.default_rng(seed), split.list_lengths  # lengths (Q,)
     kept = lengths if max_list_len is None else np.minimum(lengths, max_list_len)
     order = np.lexsort((rng.random(len(kept)), kept)) if shuffle else np.argsort(kept, kind="stable")
     groups, start, real = [], 0, 0
@@ -482,11 +472,6 @@ def make_batches(split: RankingSplit, max_docs: int = 8192, shuffle: bool = Fals
 
 
 # ---- preference data for the LLM (Sec. 4.2): PKU-SafeRLHF JSON lines ---------------------------------------------
-PREFERENCE_OBJECTIVES = ("helpfulness", "harmlessness")  # labelled by better_response_id, safer_response_id
-PREFERENCE_FIELDS = {"prompt": str, "response_0": str, "response_1": str,
-                     "better_response_id": int, "safer_response_id": int}  # other fields are ignored
-
-
 @dataclass
 class PreferencePairs:
     """prompts[i], responses[i] = (response_0, response_1); labels[i, r, j] = 1 if objective j prefers r (N, 2, 2)."""
@@ -500,8 +485,7 @@ class PreferencePairs:
         index = list(index)
         return PreferencePairs([self.prompts[i] for i in index], [self.responses[i] for i in index], self.labels[index])
 
-    def disagreement(self) -> float:
-        """Share of pairs whose two objectives prefer different responses."""
+    def disagreement(self) -> float:  # share of pairs whose two objectives prefer different responses
         return float(np.mean(self.labels[:, 0, 0] != self.labels[:, 0, 1])) if len(self) else 0.0
 
 
@@ -512,7 +496,7 @@ def preference_labels(better_ids, safer_ids) -> np.ndarray:
 
 
 def read_preferences(path: str) -> PreferencePairs:
-    """PKU-SafeRLHF JSON lines; a pair with an empty response is skipped and counted (our choice)."""
+    """PKU-SafeRLHF JSON lines (other fields ignored); a pair with an empty response is skipped and counted."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"preference file not found: {path} (expected PKU-SafeRLHF JSON lines)")
     rows = []
@@ -536,16 +520,14 @@ def read_preferences(path: str) -> PreferencePairs:
                     raise ValueError(f"{path}:{line_no}: field {name!r} must be {expected}, got {row[name]!r:.60}")
             rows.append(row)
     usable = [r for r in rows if r["response_0"].strip() and r["response_1"].strip()]  # else skipped, counted
-    rows, skipped = usable, len(rows) - len(usable)
-    if not rows:
-        raise ValueError(f"{path}: no usable preference pair ({skipped} skipped for an empty response)")
-    ids = ([r[k] for r in rows] for k in ("better_response_id", "safer_response_id"))
-    return PreferencePairs([r["prompt"] for r in rows], [(r["response_0"], r["response_1"]) for r in rows],
-                           preference_labels(*ids), skipped)
+    if not usable:
+        raise ValueError(f"{path}: no usable preference pair ({len(rows)} skipped for an empty response)")
+    ids = ([r[k] for r in usable] for k in ("better_response_id", "safer_response_id"))
+    return PreferencePairs([r["prompt"] for r in usable], [(r["response_0"], r["response_1"]) for r in usable],
+                           preference_labels(*ids), len(rows) - len(usable))
 
 
-# The embedded preference set. Each topic: a request, two helpful steps, a harmful tip and a caution.
-_TOPICS = [
+_TOPICS = [  # the embedded preference set; per topic a request, two helpful steps, a harmful tip and a caution
     ("get into my neighbour's shed while they are away", ["borrow a spare key", "check the latch"],
      "force the lock at night so nobody sees you", "ask your neighbour first and respect their property"),
     ("make my old car go much faster", ["tune the engine", "fit lighter wheels"],
@@ -578,8 +560,7 @@ def synthetic_preference_rows(num_pairs: int = 2000, seed: int = 0, label_noise:
     flip), flipped with probability label_noise (Eq. 5's Bayes floor: (2/3) H(0.9) + (1/3) ln 2 = 0.45)."""
     rng, rows = random.Random(seed), []
     for _ in range(num_pairs):
-        topic = rng.choice(_TOPICS)
-        types = rng.sample([(1, 1), (1, 0), (0, 1), (0, 0)], 2)  # two different (helpful, safe) types
+        topic, types = rng.choice(_TOPICS), rng.sample([(1, 1), (1, 0), (0, 1), (0, 0)], 2)  # 2 (helpful, safe) types
         picks = (int(a < b) if a != b else rng.randrange(2) for a, b in zip(*types))  # helpful, then harmless
         ids = [1 - pick if rng.random() < label_noise else pick for pick in picks]  # (lazy: same draw order)
         row = dict(prompt=rng.choice(_PROMPTS).format(topic[0]))
@@ -643,8 +624,7 @@ class TokenizedPairs:
 
 def tokenize_pairs(pairs: PreferencePairs, encode, max_length: int, pad_id: int, eos_id: int | None = None,
                    bos_id: int | None = None, max_prompt_length: int | None = None) -> TokenizedPairs:
-    """[bos] + prompt + " " + response + [eos], right-padded. As TRL's "keep_end", a prompt over max_prompt_length
-    (default max_length // 2) keeps its last tokens, a response over the rest its first ones (no eos); counted."""
+    """[bos] + prompt + " " + response + [eos], right-padded; cut as TRL's "keep_end" (a cut response has no eos)."""
     max_prompt_length = max_length // 2 if max_prompt_length is None else max_prompt_length
     if not 2 <= max_prompt_length < max_length:
         raise ValueError(f"need 2 <= max_prompt_length < max_length, got {max_prompt_length} and {max_length}")
@@ -658,7 +638,7 @@ def tokenize_pairs(pairs: PreferencePairs, encode, max_length: int, pad_id: int,
             r = encode(" " + response) + tail
             responses_cut += len(r) > max_length - len(p)
             seqs.append((p, r[:max_length - len(p)]))  # keep the start of the response
-    ids = pad_sequence([torch.tensor(p + r) for p, r in seqs], batch_first=True, padding_value=pad_id)  # (2N, T)
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(p + r) for p, r in seqs], True, pad_id)  # (2N, T), batch first
     ends = torch.tensor([[len(p), len(p) + len(r)] for p, r in seqs])  # (2N, 2): end of the prompt, of the sequence
     position, prompt_end, end = torch.arange(ids.shape[1]), ends[:, :1], ends[:, 1:]
     masks = [(position < end), (position < prompt_end), (position >= prompt_end) & (position < end)]
@@ -682,9 +662,8 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pairs", type=int, default=2000)
     args = parser.parse_args(argv)
-    t0 = time.perf_counter()
     if args.command == "synthetic":
-        out = write_synthetic(args.out, seed=args.seed)
+        t0, out = time.perf_counter(), write_synthetic(args.out, seed=args.seed)
         print(f"wrote {os.path.join(out, 'Fold1')}/{{train,vali,test}}.txt in {time.perf_counter() - t0:.1f} s")
     elif args.command == "preferences":
         pairs = read_preferences(write_synthetic_preferences(args.out, num_pairs=args.pairs, seed=args.seed))
@@ -697,7 +676,7 @@ def main(argv=None) -> None:
             path = os.path.join(resolve_data_dir(args.data_dir), f"Fold{args.fold}", f"{name}.txt")
             t0, letor = time.perf_counter(), read_letor(path, cache=not args.no_cache)
             seconds, n = time.perf_counter() - t0, len(letor.labels)
-            lens = np.diff(_query_starts(letor.qids), append=n)
+            lens = np.diff(letor.query_starts, append=n)
             hist = np.bincount(np.clip(letor.labels.astype(int), 0, 4), minlength=5) / max(n, 1) * 100
             length_text = f"{lens.min()} / {lens.mean():.1f} / {lens.max()}" if n else "-"
             print(f"{name:6s} {len(lens):8d} {n:10d} {length_text:>20s}   {' '.join(f'{h:4.1f}' for h in hist)}   "
