@@ -160,11 +160,12 @@ def measures(res, units):
 
 # ---- tables: mean +/- std over the seeds that have the run ---------------------------------------------------
 def stat(values, fmt):
+    """"mean +/- std" over seeds (std over the seeds, ddof 0; two significant digits for a "g" format)."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    mean = format(float(np.mean(values)), fmt)
-    return mean if len(values) == 1 else f"{mean} +/- {format(float(np.std(values)), fmt)}"
+    mean, std = format(float(np.mean(values)), fmt), float(np.std(values))
+    return mean if len(values) == 1 else f"{mean} +/- {format(std, '.2g' if fmt.endswith('g') else fmt.lstrip('+'))}"
 
 
 def gather(dirs, rel, tag="I_II"):
@@ -179,7 +180,8 @@ def col(rows, key, fmt):
 
 def end_cell(rows):
     """End gaps to the unit models: per objective for m = 2, the worst objective's for m > 2; "-" without units."""
-    if rows[0]["ends"] is None:
+    rows = [r for r in rows if r["ends"] is not None]  # the seeds whose Soup has finished
+    if not rows:
         return "-"
     if len(rows[0]["ends"]) == 2:
         return ", ".join(stat([r["ends"][j] for r in rows], "+.3f") for j in range(2))
@@ -248,7 +250,10 @@ def claims(by_seed):
 
 
 def simple_table(dirs, title, header, entries, tag="I_II"):
-    """entries: (label, folder relative to a seed folder); one row per entry that finished in some seed."""
+    """entries: (label, folder relative to a seed folder); over the seed folders where every entry finished
+    (so that the rows compare the same seeds), else the first folder's finished entries."""
+    complete = [d for d in dirs if all(load(os.path.join(d, rel)) for _, rel in entries)]
+    dirs = complete or dirs[:1]
     out = [title, "", f"| {header} | seeds | aux HV | main NDCG@10 | non-dominated / 11 | largest gap | "
            "end gap e_1, e_2 | train time (s) | parameters |", "|---" * 9 + "|"]
     for label, rel in entries:
