@@ -182,13 +182,13 @@ def to_device(batch, device: str):
 
 
 def split_scores(model: Ranker, split, args, ref: Optional[torch.Tensor] = None, w=None, beta=None) -> torch.Tensor:
-    """(N,) scores of `model` at weight w on every document of a split; ref: (N,) its base scores s0."""
+    """(N,) scores of `model` at weight w on every document of a pareto.EvalSplit; ref: (N,) its base scores s0."""
     ref = None if ref is None else ref.to(args.device)
 
     def score(b):
         b = to_device(b, args.device)
         return steered_scores(model, b.features, b.mask, None if ref is None else ref[b.index], w, beta=beta)
-    return pareto.score_split(score, split, args.max_docs)
+    return split.scores(score)
 
 
 # ---- stage 1: the base ranker s0 (ListNet on relevance, Eq. 7) ---------------------------------------------
@@ -218,7 +218,7 @@ def train_base(args, splits, stats, log) -> Ranker:
     log(f"[base] ListNet on relevance: {count_parameters(model):,} parameters, up to {args.base_epochs} epochs "
         f"(patience {args.base_patience})")
     t0 = time.perf_counter()
-    best_val, best_state, best_epoch = -1.0, None, 0
+    best_val, best_state, best_epoch, val_seconds = -1.0, None, 0, 0.0
     for epoch in range(args.base_epochs):
         model.train()
         batches = data_lib.make_batches(splits["train"], args.max_docs, shuffle=True,
@@ -235,7 +235,9 @@ def train_base(args, splits, stats, log) -> Ranker:
             opt.step()
             total += loss.item()
         model.eval()
-        _, val = pareto.split_ndcg(split_scores(model, splits["vali"], args), splits["vali"], idcg_zero=args.idcg_zero)
+        t_val = time.perf_counter()
+        _, val = splits["vali"].ndcg(split_scores(model, splits["vali"], args))
+        val_seconds += time.perf_counter() - t_val
         if val > best_val:  # "train sufficiently" (App. A.4): keep the epoch with the best validation NDCG
             best_val, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch + 1
         log(f"[base] epoch {epoch + 1:3d} | listnet {total / len(batches):.4f} | val NDCG@10 main {val:.4f}")
@@ -248,7 +250,8 @@ def train_base(args, splits, stats, log) -> Ranker:
                               model_state=best_state, settings=settings, run_config=vars(args), norm_stats=stats,
                               objectives=["relevance"], data_fingerprint=stats["fingerprint"], val_ndcg=best_val,
                               best_epoch=best_epoch, train_seconds=seconds), path)
-    log(f"[base] saved {path}: epoch {best_epoch} (best val NDCG@10 {best_val:.4f}), {seconds:.1f} s")
+    log(f"[base] saved {path}: epoch {best_epoch} (best val NDCG@10 {best_val:.4f}), {seconds:.1f} s "
+        f"(validation {val_seconds:.1f} s)")
     return model.eval()
 
 
@@ -397,12 +400,11 @@ def fine_tune(args, job: Job, splits, ref: dict, log, save: Callable, state: Opt
 
 def validation_line(args, model: Ranker, job: Job, splits, ref: dict) -> str:
     """Validation NDCG@10 per objective: at each unit weight e_j for COS-DPO, at the model's own w otherwise."""
-    parts = []
+    parts, t0 = [], time.perf_counter()
     for w in np.eye(len(args.objectives)) if job.fixed_w is None else np.array([job.fixed_w]):
-        scores = split_scores(model, splits["vali"], args, ref["vali"], w, beta=args.beta)
-        aux, main = pareto.split_ndcg(scores, splits["vali"], idcg_zero=args.idcg_zero)
+        aux, main = splits["vali"].ndcg(split_scores(model, splits["vali"], args, ref["vali"], w, beta=args.beta))
         parts.append(f"w={np.round(w, 2).tolist()}: aux {' '.join(f'{v:.4f}' for v in aux)} main {main:.4f}")
-    return "val NDCG@10 " + " ; ".join(parts)
+    return "val NDCG@10 " + " ; ".join(parts) + f" ({time.perf_counter() - t0:.1f} s)"
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------
@@ -436,9 +438,12 @@ def train(args) -> dict:
     log("config: " + json.dumps(vars(args), sort_keys=True))
     if args.data_dir == data_lib.DEFAULT_SYNTHETIC_DIR:  # the embedded dataset, generated on first use
         data_lib.ensure_synthetic(args.data_dir)
+    t0 = time.perf_counter()
     splits, stats = data_lib.load_ltr(args.data_dir, args.fold, args.objectives, label_transform=args.label_transform)
     log("data: " + " | ".join(f"{k} {s.num_queries} queries {s.num_docs} docs" for k, s in splits.items())
-        + f" | fingerprint {stats['fingerprint']} | labels {args.label_transform}")
+        + f" | fingerprint {stats['fingerprint']} | labels {args.label_transform} | {time.perf_counter() - t0:.1f} s")
+    # validation batches, gains and ideal DCGs built once for every validation line
+    splits["vali"] = pareto.EvalSplit(splits["vali"], args.max_docs, idcg_zero=args.idcg_zero)
     m = len(args.objectives)
     weights = pareto.weight_grid(m, args.num_weights)
 
@@ -452,8 +457,9 @@ def train(args) -> dict:
         log("[base] reusing the base model stored in the checkpoint being resumed")
     base = ranker_from(old["base"], args.device) if old else train_base(args, splits, stats, log)
     t0 = time.perf_counter()
-    ref = {k: split_scores(base, splits[k], args) for k in ("train", "vali")}  # s0, computed once
-    log(f"[base] reference scores of {splits['train'].num_docs + splits['vali'].num_docs} documents computed once "
+    ref = {"train": split_scores(base, pareto.EvalSplit(splits["train"], args.max_docs), args),
+           "vali": split_scores(base, splits["vali"], args)}  # s0, computed once
+    log(f"[base] reference scores of {sum(len(r) for r in ref.values())} documents computed once "
         f"({time.perf_counter() - t0:.1f} s)")
 
     ckpt = new_checkpoint(args, stats, weights, base)
@@ -469,7 +475,8 @@ def train(args) -> dict:
         if state is not None and state["epoch"] >= args.epochs:
             continue  # finished before this --resume
         if job.modpo and units is None:  # the m unit models' scores on the training lists, computed once
-            units = torch.stack([split_scores(ranker_from(unit, args.device), splits["train"], args, ref["train"])
+            train_split = pareto.EvalSplit(splits["train"], args.max_docs)
+            units = torch.stack([split_scores(ranker_from(unit, args.device), train_split, args, ref["train"])
                                  for unit in ckpt["jobs"][:m]], -1)  # (N, m)
 
         def save(entry, i=i):  # after every epoch: the job's entry replaces its previous one, atomically
@@ -482,7 +489,10 @@ def train(args) -> dict:
     data_lib.atomic_save(ckpt, path)
 
     trained = TrainedRanker(ckpt, args.device)
-    result = pareto.evaluate(trained, splits["test"], weights, idcg_zero=args.idcg_zero)  # T-COS at --beta
+    t0 = time.perf_counter()
+    test = pareto.EvalSplit(splits["test"], args.max_docs, idcg_zero=args.idcg_zero)
+    result = pareto.evaluate(trained, test, weights)  # T-COS at --beta
+    log(f"[eval] test NDCG@10 at {len(weights)} weights: {time.perf_counter() - t0:.1f} s")
     results = dict(method=args.method, objectives=args.objectives, label_transform=args.label_transform,
                    weights=weights.tolist(), **result, hv_ref=[0.0] * m,
                    train_seconds=sum(job["seconds"] for job in ckpt["jobs"]),
@@ -543,7 +553,7 @@ def control_main(command: str, argv: list) -> None:
     if command == "rank":  # the file is normalised with the checkpoint's training statistics (labels unused)
         split = data_lib.make_split(data_lib.read_letor(args.file, cache=False), trained.ckpt["norm_stats"])
         w = weights[0] if weights else [1.0 / m] * m
-        scores = pareto.score_split(lambda b: trained.scores(b, w, c=args.c, beta=beta), split, trained.max_docs)
+        scores = pareto.EvalSplit(split, trained.max_docs).scores(lambda b: trained.scores(b, w, c=args.c, beta=beta))
         text = "".join(f"{v:.6f}\n" for v in scores.tolist())
         if args.output == "-":
             sys.stdout.write(text)
@@ -554,8 +564,8 @@ def control_main(command: str, argv: list) -> None:
         return
     splits = pareto.checkpoint_splits(trained, args.checkpoint, args.data_dir)
     weights = weights or trained.weights
-    result = pareto.evaluate(trained, splits[args.split], weights, args.c, beta,
-                             idcg_zero=trained.ckpt["run_config"]["idcg_zero"])
+    split = pareto.EvalSplit(splits[args.split], trained.max_docs, idcg_zero=trained.ckpt["run_config"]["idcg_zero"])
+    result = pareto.evaluate(trained, split, weights, args.c, beta)
     controls = "".join(f" {k}={v}" for k, v in (("c", args.c), ("beta", beta)) if v is not None)
     print(summary_table(dict(method=trained.method + controls, objectives=trained.objectives, weights=weights,
                              train_seconds=sum(j["seconds"] for j in trained.ckpt["jobs"]),
@@ -564,6 +574,7 @@ def control_main(command: str, argv: list) -> None:
 
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    torch.backends.mha.set_fastpath_enabled(False)  # PyTorch's inference fast path: 2-7x slower on padded CPU lists
     try:
         if argv and argv[0] in ("eval", "rank"):
             control_main(argv[0], argv[1:])

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pareto import hypervolume, ndcg_at_k, non_dominated, weight_grid
+import data
+from pareto import EvalSplit, hypervolume, ndcg_at_k, non_dominated, weight_grid
 
 L3 = math.log2(3)  # discount of rank 2 is 1 / log2(3) = 0.6309...
 
@@ -166,6 +167,29 @@ def test_ndcg_vectorised_matches_naive_loop(ties):
         out_t = ndcg_at_k(torch.tensor(scores), torch.tensor(gains), k=k,
                           mask=torch.tensor(mask), ties=ties, idcg_zero=-1.0)
         np.testing.assert_allclose(out_t.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_ndcg_several_objectives_share_one_sort_and_evalsplit_is_the_per_query_mean():
+    rng = np.random.default_rng(1)
+    B, n, m = 30, 6, 3
+    scores = rng.integers(0, 3, size=(B, n)).astype(float)
+    gains = rng.integers(0, 4, size=(B, n, m)).astype(float)
+    mask = np.arange(n)[None, :] < rng.integers(1, n + 1, size=B)[:, None]
+    out = ndcg_at_k(scores, gains, k=3, mask=mask)  # (B, m): one sort of the scores for all m columns
+    assert out.shape == (B, m)
+    for j in range(m):
+        np.testing.assert_allclose(out[:, j], ndcg_at_k(scores, gains[..., j], k=3, mask=mask), atol=1e-12)
+    # EvalSplit (batches, gains and ideal DCGs built once) = the mean over queries of the per-query NDCG@10
+    lengths = mask.sum(1)
+    split = data.RankingSplit(features=np.zeros((lengths.sum(), data.NUM_INPUTS), np.float32),
+                              relevance=gains[mask][:, 0].astype(np.float32), aux=gains[mask][:, 1:].astype(np.float32),
+                              aux_raw=gains[mask][:, 1:].astype(np.float32),
+                              offsets=np.concatenate([[0], np.cumsum(lengths)]), qids=np.arange(B))
+    doc_scores = torch.from_numpy(scores[mask]).float()
+    for max_docs in (6, 64, 1 << 16):  # any batching gives the same means
+        aux, main = EvalSplit(split, max_docs).ndcg(doc_scores)
+        np.testing.assert_allclose(aux, ndcg_at_k(scores, gains[..., 1:], mask=mask).mean(0), atol=1e-12)
+        assert main == pytest.approx(ndcg_at_k(scores, gains[..., 0], mask=mask).mean(), abs=1e-12)
 
 
 # ---------------------------------------------------------------- non_dominated
@@ -354,5 +378,5 @@ def test_pareto_imports_no_training_script_and_matplotlib_only_to_plot():
                 names.add(node.module.split(".")[0])
         return names
     assert not imported(ast.walk(tree)) & {"train_ltr", "train_llm"}
-    assert imported(tree.body) <= {"argparse", "csv", "itertools", "json", "os", "sys", "numpy", "torch", "data",
+    assert imported(tree.body) <= {"argparse", "contextlib", "csv", "functools", "itertools", "json", "os", "sys", "numpy", "torch", "data",
                                    "models", "losses"}, imported(tree.body)

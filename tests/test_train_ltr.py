@@ -44,11 +44,11 @@ def run(args):
 
 def scores_of(trained, split, w, c=None, beta=None):
     """(N,) scores of a TrainedRanker on every document of a split (as `rank` writes them)."""
-    return pareto.score_split(lambda b: trained.scores(b, w, c=c, beta=beta), split)
+    return pareto.EvalSplit(split).scores(lambda b: trained.scores(b, w, c=c, beta=beta))
 
 
 def base_scores_of(trained, split):
-    return pareto.score_split(lambda b: trained.base(b.features, b.mask), split)
+    return pareto.EvalSplit(split).scores(lambda b: trained.base(b.features, b.mask))
 
 
 def results_of(out):
@@ -108,13 +108,13 @@ def test_post_training_control_from_the_checkpoint_alone(wcos_run, small_data):
     w = [0.3, 0.7]
     s, s0 = scores_of(trained, test, w), base_scores_of(trained, test)
     torch.testing.assert_close(scores_of(trained, test, w, c=2.0), 0.5 * s0 + 0.5 * s, rtol=1e-5, atol=1e-5)
-    far_aux, far_main = pareto.split_ndcg(scores_of(trained, test, w, c=1e6), test)
-    base_aux, base_main = pareto.split_ndcg(s0, test)
+    far_aux, far_main = pareto.EvalSplit(test).ndcg(scores_of(trained, test, w, c=1e6))
+    base_aux, base_main = pareto.EvalSplit(test).ndcg(s0)
     assert far_aux + [far_main] == pytest.approx(base_aux + [base_main], abs=1e-3)
     # different w, different scores
     assert not torch.allclose(scores_of(trained, test, [1.0, 0.0]), scores_of(trained, test, [0.0, 1.0]))
     # pareto.evaluate at the evaluation weights reproduces results.json
-    res = pareto.evaluate(trained, test, trained.weights)
+    res = pareto.evaluate(trained, pareto.EvalSplit(test, trained.max_docs), trained.weights)
     np.testing.assert_allclose(res["aux_ndcg"], results_of(wcos_run)["aux_ndcg"], atol=1e-6)
 
 
