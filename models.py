@@ -207,19 +207,15 @@ class HyperPromptConfig:
 
 
 class HyperPrompt(nn.Module):
-    """Hyper Prompt Tuning (Fig. 4): prefix(w) = (A(w) @ B(w)) * P, entrywise, one (k, d) block per w.
-
-    P (k, d) is trainable; two small MLPs map w to A (k, r) and B (r, d). With num_objectives = 0 the prefix is
-    P itself: plain prompt tuning (Lester et al. 2021), which the paper gives the baselines (App. A.1).
-    Initialisation (the paper gives none): P = init_prefix (default N(0, 0.02^2)); the last MLP biases are
-    1/sqrt(r), so A @ B starts near all ones and HPT starts near plain prompt tuning.
-    """
+    """Hyper Prompt Tuning (Fig. 4): prefix(w) = (A(w) @ B(w)) * P entrywise; P (k, d) trainable, two small MLPs
+    map w to A (k, r) and B (r, d). num_objectives = 0: the prefix is P, plain prompt tuning (Lester et al.
+    2021), the baselines' prefix (App. A.1). Init (the paper gives none): P = init_prefix (default
+    N(0, 0.02^2)); the last MLP biases are 1/sqrt(r), so A @ B starts near all ones (near plain prompt tuning)."""
 
     def __init__(self, config: HyperPromptConfig, init_prefix: Optional[torch.Tensor] = None):
         super().__init__()
         self.config = config
-        k, d, r, m, h = (config.num_virtual_tokens, config.embed_dim, config.rank, config.num_objectives,
-                         config.hidden)
+        k, d, r, m, h = config.num_virtual_tokens, config.embed_dim, config.rank, config.num_objectives, config.hidden
         init = 0.02 * torch.randn(k, d) if init_prefix is None else init_prefix.detach().clone()
         self.prefix = nn.Parameter(init.float())  # P (k, d)
         if m > 0:
@@ -261,22 +257,21 @@ class PrefixLM(nn.Module):
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, w: Optional[torch.Tensor] = None,
-                use_prefix: bool = True) -> torch.Tensor:
-        """Logits (B, T, V) at the token positions. input_ids, attention_mask: (B, T), right-padded.
-
-        w: (m,) or (B, m) for a HyperPrompt, None for plain prompt tuning. use_prefix=False runs the LM on the
-        tokens alone, LoRA as it stands (wrap in `lora_disabled` for the reference model p0)."""
+                use_prefix: bool = True, keep: int = 0) -> torch.Tensor:
+        """Logits (B, T, V) at the token positions, or (B, keep, V) at the last `keep` ones (transformers'
+        logits_to_keep: a (B, T, V) tensor is the largest of a step). input_ids, attention_mask: (B, T),
+        right-padded. w: (m,) or (B, m) for a HyperPrompt, None for plain prompt tuning. use_prefix=False runs
+        the LM on the tokens alone, LoRA as it stands (wrap in `lora_disabled` for the reference model p0)."""
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d)
-        mask = attention_mask.long()
-        if not use_prefix or self.prompt is None:
-            return self.lm(inputs_embeds=embeds, attention_mask=mask).logits  # positions 0..T-1
         B, T = input_ids.shape
+        mask, keep = attention_mask.long(), keep or T
+        if not use_prefix or self.prompt is None:
+            return self.lm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits  # at 0..T-1
         prefix = self.prompt(w, B).to(embeds.dtype)  # (B, k, d)
         k = prefix.shape[1]
         positions = torch.arange(k + T, device=input_ids.device).expand(B, -1)  # prefix 0..k-1, tokens k..k+T-1
-        logits = self.lm(inputs_embeds=torch.cat([prefix, embeds], 1), position_ids=positions,
-                         attention_mask=torch.cat([mask.new_ones(B, k), mask], 1)).logits  # (B, k + T, V)
-        return logits[:, k:]  # (B, T, V): prefix outputs discarded
+        return self.lm(inputs_embeds=torch.cat([prefix, embeds], 1), position_ids=positions, logits_to_keep=keep,
+                       attention_mask=torch.cat([mask.new_ones(B, k), mask], 1)).logits  # prefix outputs dropped
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

@@ -242,9 +242,10 @@ def policy_logps(model, batch: dict, w: Optional[torch.Tensor], use_prefix: bool
     """log p_theta(y|x, w) of both responses of each pair: (B, 2); the sum of the response's token log-probs.
     `model` is a PrefixLM or its DDP wrapper."""
     B, n, T = batch["input_ids"].shape
-    ids = batch["input_ids"].view(B * n, T)  # both responses of all pairs in one forward pass
-    logits = model(ids, batch["attention_mask"].view(B * n, T), w=w, use_prefix=use_prefix)  # (2B, T, V)
-    return sequence_logps(logits, ids, batch["response_mask"].view(B * n, T)).view(B, n)
+    ids, resp = batch["input_ids"].view(B * n, T), batch["response_mask"].view(B * n, T)  # both responses at once
+    first = int(resp.float().argmax(-1).min()) - 1  # the first position that predicts a response token
+    logits = model(ids, batch["attention_mask"].view(B * n, T), w=w, use_prefix=use_prefix, keep=T - first)
+    return sequence_logps(logits, ids[:, first:], resp[:, first:]).view(B, n)  # logits (2B, T - first, V)
 
 
 @torch.no_grad()
@@ -323,7 +324,6 @@ def train_job(args, model, policy: PrefixLM, train: data_lib.TokenizedPairs, ref
     fixed_w None = W-COS-DPO (w ~ Dir(alpha), one per step, fed to the Hyper Prompt); else a baseline at its own
     w. model: `policy` or its DDP wrapper; every rank draws the same batches and w and takes its shard rank::world,
     so with equal shards DDP's gradient average is the full-batch gradient."""
-    m = len(OBJECTIVES)
     params = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=args.lr)
     data_gen, w_rng = torch.Generator().manual_seed(args.seed + 1), np.random.default_rng(args.seed + 2)
@@ -359,7 +359,7 @@ def train_job(args, model, policy: PrefixLM, train: data_lib.TokenizedPairs, ref
         if step % args.log_every == 0 or step == args.max_steps:
             mean, dt = np.mean(logged, 0), np.mean(step_seconds[-len(logged):])
             log(f"[{name}] step {step:5d}/{args.max_steps} | loss {mean[0]:.4f} | L help {mean[1]:.4f} harm "
-                f"{mean[2]:.4f} | acc help {mean[1 + m]:.2f} harm {mean[2 + m]:.2f} | w {w[0].item():.2f},"
+                f"{mean[2]:.4f} | acc help {mean[3]:.2f} harm {mean[4]:.2f} | w {w[0].item():.2f},"
                 f"{w[1].item():.2f} | {1e3 * dt:7.1f} ms/step")
             logged = []
     policy.eval()
@@ -457,12 +457,12 @@ def sample(policy: PrefixLM, prompt_ids: list, w: Optional[torch.Tensor], max_ne
     ids = torch.tensor([prompt_ids], device=device)  # (1, T)
     for _ in range(max_new_tokens):
         mask = torch.ones_like(ids)
-        logp = policy(ids, mask, w=w)[0, -1].float().log_softmax(-1)  # (V,) log p_theta(. | x, y_<t, w)
+        logp = policy(ids, mask, w=w, keep=1)[0, -1].float().log_softmax(-1)  # (V,) log p_theta(. | x, y_<t, w)
         if c != 1:
             # Eq. 14 for an LLM: p0^(1-1/c) * p_theta^(1/c), renormalised per token. That is the per-token
             # approximation of the sequence-level mix, as decoding-time realignment (Liu et al. 2024) does.
             with lora_disabled(policy.lm):
-                logp0 = policy(ids, mask, use_prefix=False)[0, -1].float().log_softmax(-1)  # log p0(. | x, y_<t)
+                logp0 = policy(ids, mask, use_prefix=False, keep=1)[0, -1].float().log_softmax(-1)  # log p0(.|x, y_<t)
             logp = (1 - 1 / c) * logp0 + logp / c
         probs, order = (logp / temperature).softmax(-1).sort(descending=True)
         keep = probs.cumsum(0) - probs < top_p  # top-p: the most likely tokens until their mass reaches p
@@ -571,8 +571,7 @@ def train(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     ref_train = ReferenceCache(policy, train, 2 * args.batch_size, args.device)  # filled on first use
     ref_test = all_logps(policy, test, None, 2 * args.batch_size, args.device, reference=True)  # (N_test, 2)
-    log(f"[ref] log p0 of the {2 * len(test)} test responses ({time.perf_counter() - t0:.1f} s); training "
-        f"pairs: on first use, then cached")
+    log(f"[ref] log p0 of the {2 * len(test)} test responses: {time.perf_counter() - t0:.1f} s (training: cached)")
     init_state, per_model_params = trainable_state(policy), count_parameters(policy)
 
     # ---- stage 2: preference fine-tuning (one job for W-COS-DPO, several for the baselines) ----

@@ -103,7 +103,8 @@ def test_sequence_logps_ignores_position_zero_which_has_no_prediction():
 # ---------------------------------------------------------------------------------------------------------
 class PoisonedLM(nn.Module):
     """A stand-in causal LM whose logits are a per-position linear map of the inputs, except at the first
-    `k` positions, which it fills with nan: if any prefix output reached the caller, the log-probs would be nan."""
+    `k` positions, which it fills with nan: if any prefix output reached the caller, the log-probs would be nan.
+    logits_to_keep as in transformers: the logits of the last positions only."""
 
     def __init__(self, k, vocab=13, d=6):
         super().__init__()
@@ -112,11 +113,11 @@ class PoisonedLM(nn.Module):
     def get_input_embeddings(self):
         return self.emb
 
-    def forward(self, inputs_embeds, attention_mask, position_ids=None):
+    def forward(self, inputs_embeds, attention_mask, position_ids=None, logits_to_keep=0):
         logits = self.head(inputs_embeds)
         if inputs_embeds.shape[1] > self.k and position_ids is not None:
             logits = torch.cat([torch.full_like(logits[:, :self.k], float("nan")), logits[:, self.k:]], 1)
-        return type("Out", (), {"logits": logits})()
+        return type("Out", (), {"logits": logits[:, -logits_to_keep:]})()
 
 
 @pytest.mark.parametrize("k", [1, 3, 8])
@@ -146,12 +147,15 @@ def test_prefix_positions_follow_peft_and_the_reference_keeps_its_own():
         mask = torch.cat([torch.ones(B, k, dtype=torch.long), attn.long()], 1)
 
         def manual(positions):
-            return policy.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions.expand(B, -1)).logits[:, k:]
+            positions = positions.expand(B, -1)
+            return policy.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, k:]
         got = policy(ids, attn, w=w)
         assert torch.allclose(got, manual(torch.arange(k + T)), atol=1e-6)
         restarted = manual(torch.cat([torch.arange(k), torch.arange(T)]))  # the tokens at 0..T-1 after the prefix
         assert not torch.allclose(got, restarted, atol=1e-3)
-        assert torch.equal(policy(ids, attn, use_prefix=False), policy.lm(input_ids=ids, attention_mask=attn.long()).logits)
+        plain = policy.lm(input_ids=ids, attention_mask=attn.long()).logits  # default positions 0..T-1
+        assert torch.equal(policy(ids, attn, use_prefix=False), plain)
+        assert torch.equal(policy(ids, attn, w=w, keep=3), got[:, -3:])  # logits_to_keep: the last positions
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,7 +205,7 @@ def test_policy_equals_reference_at_init_without_prefix_and_dpo_is_ln2():
         with lora_disabled(policy.lm):
             ref = sequence_logps(policy(ids, attn, use_prefix=False), ids, resp).view(3, 2)
     assert torch.equal(pol, ref)  # exactly: B = 0 adds an exact zero
-    assert torch.equal(ref, train_llm.all_logps(policy, data, None, 2, "cpu", reference=True))
+    assert torch.allclose(ref, train_llm.all_logps(policy, data, None, 2, "cpu", reference=True), atol=1e-4)
     loss = dpo_loss(pol[:, 0], pol[:, 1], ref[:, 0], ref[:, 1], 0.1)
     assert torch.allclose(loss, torch.full((3,), math.log(2.0)))
     L = train_llm.objective_losses(pol, ref, data.labels, torch.tensor([0.1, 0.1]))
@@ -411,11 +415,12 @@ def tiny_runs(tmp_path_factory):
     """The same tiny W-COS-DPO run twice: one process, and 2 DDP processes (gloo); started together."""
     out = tmp_path_factory.mktemp("llm")
     env, data = dict(os.environ, OMP_NUM_THREADS="1"), ["--data", write_mini_preferences(out / "mini.jsonl")]
-    single = subprocess.Popen([sys.executable, "train_llm.py", *TINY_RUN, *data, "--threads", "1", "--out", str(out / "one")],
-                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(free_port()), "train_llm.py", *TINY_RUN, *data, "--out", str(out / "ddp")],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    pipes = dict(cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    single = subprocess.Popen([sys.executable, "train_llm.py", *TINY_RUN, *data, "--threads", "1", "--out",
+                               str(out / "one")], **pipes)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), "train_llm.py", *TINY_RUN, *data, "--out", str(out / "ddp")], timeout=300,
+                         **pipes)
     log_single = single.communicate(timeout=300)[0]
     assert single.returncode == 0, log_single[-3000:]
     assert ddp.returncode == 0, ddp.stdout[-3000:]
@@ -499,7 +504,8 @@ def test_generated_answers_move_with_w(tiny_runs):
     prompt, counts = tok.encode(data_lib.format_prompt("How can I fix it?")), {}
     for w in ((1.0, 0.0), (0.0, 1.0)):
         w_in, gen = train_llm.set_weight(policy, ckpt["method"], ckpt["jobs"], w), torch.Generator().manual_seed(0)
-        texts = [tok.decode(train_llm.sample(policy, prompt, w_in, 34, tok.eos_token_id, generator=gen)) for _ in range(16)]
+        texts = [tok.decode(train_llm.sample(policy, prompt, w_in, 34, tok.eos_token_id, generator=gen))
+                 for _ in range(16)]
         counts[w] = [sum(word in t for t in texts) for word in ("ask", "kind")]  # helpful body, safe tail
     (helpful_1, safe_1), (helpful_2, safe_2) = counts[(1.0, 0.0)], counts[(0.0, 1.0)]
     assert helpful_1 > helpful_2 and safe_2 > safe_1, counts
