@@ -465,8 +465,8 @@ def sample(policy: PrefixLM, prompt_ids: list, w: Optional[torch.Tensor], max_ne
                 logp0 = policy(ids, mask, use_prefix=False, keep=1)[0, -1].float().log_softmax(-1)  # log p0(.|x, y_<t)
             logp = (1 - 1 / c) * logp0 + logp / c
         probs, order = (logp / temperature).softmax(-1).sort(descending=True)
-        keep = probs.cumsum(0) - probs < top_p  # top-p: the most likely tokens until their mass reaches p
-        token = order[keep][torch.multinomial(probs[keep], 1, generator=generator)]  # (1,)
+        nucleus = probs.cumsum(0) - probs < top_p  # top-p: the most likely tokens until their mass reaches p
+        token = order[nucleus][torch.multinomial(probs[nucleus], 1, generator=generator)]  # (1,)
         if int(token) == eos_id:
             break
         ids = torch.cat([ids, token[None]], 1)
