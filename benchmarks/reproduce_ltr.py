@@ -165,7 +165,7 @@ def stat(values, fmt):
     if not values:
         return "-"
     mean, std = format(float(np.mean(values)), fmt), float(np.std(values))
-    return mean if len(values) == 1 else f"{mean} +/- {format(std, '.2g' if fmt.endswith('g') else fmt.lstrip('+'))}"
+    return mean if len(values) == 1 else f"{mean} +/- {format(std, '#.2g' if fmt.endswith('g') else fmt.lstrip('+'))}"
 
 
 def gather(dirs, rel, tag="I_II"):
@@ -210,7 +210,7 @@ def compare_tables(dirs):
                 continue
             ends = "-" if folder == "soup" else end_cell(rows)
             ratio = "-" if ls_secs is None else f"{mean(rows, 'secs') / ls_secs:.3f}"
-            out.append(f"| {name} | {len(rows)} | {col(rows, 'hv', '.4g')} | {col(rows, 'main', '.3f')} "
+            out.append(f"| {name} | {len(rows)} | {col(rows, 'hv', '#.4g')} | {col(rows, 'main', '.3f')} "
                        f"({np.mean([r['main_spread'] for r in rows]):.3f}) | {ends} | {col(rows, 'kept', '.1f')} | "
                        f"{col(rows, 'gap', '.3f')} | {col(rows, 'secs', '.0f')} | {ratio} | {rows[0]['params']:,} |")
         if tag == "m5":
@@ -259,7 +259,7 @@ def simple_table(dirs, title, header, entries, tag="I_II"):
     for label, rel in entries:
         rows = list(gather(dirs, rel, tag).values())
         if rows:
-            out.append(f"| {label} | {len(rows)} | {col(rows, 'hv', '.4g')} | {col(rows, 'main', '.3f')} | "
+            out.append(f"| {label} | {len(rows)} | {col(rows, 'hv', '#.4g')} | {col(rows, 'main', '.3f')} | "
                        f"{col(rows, 'kept', '.1f')} | {col(rows, 'gap', '.3f')} | {end_cell(rows)} | "
                        f"{col(rows, 'secs', '.0f')} | {rows[0]['params']:,} |")
     return "\n".join(out) if len(out) > 4 else ""
@@ -339,9 +339,9 @@ def variant_table(dirs):
             continue
         rows = {f: [found[d] for d in seeds if d in found] for f, found in runs.items()}
         ratio = f"{mean(rows['wcos_film_vertex'], 'secs') / mean(rows['ls'], 'secs'):.3f}" if rows["ls"] else "-"
-        out.append(f"| {objectives.replace(',', ', ')} | {len(seeds)} | {col(rows['wcos'], 'hv', '.4g')} | "
-                   f"{col(rows['wcos_film_vertex'], 'hv', '.4g')} | {col(rows['soup'], 'hv', '.4g')} | "
-                   f"{col(rows['ls'], 'hv', '.4g')} | {col(rows['wcos'], 'end_worst', '+.3f')} | "
+        out.append(f"| {objectives.replace(',', ', ')} | {len(seeds)} | {col(rows['wcos'], 'hv', '#.4g')} | "
+                   f"{col(rows['wcos_film_vertex'], 'hv', '#.4g')} | {col(rows['soup'], 'hv', '#.4g')} | "
+                   f"{col(rows['ls'], 'hv', '#.4g')} | {col(rows['wcos'], 'end_worst', '+.3f')} | "
                    f"{col(rows['wcos_film_vertex'], 'end_worst', '+.3f')} | {col(rows['wcos'], 'main', '.3f')} | "
                    f"{col(rows['wcos_film_vertex'], 'main', '.3f')} | {ratio} |")
     return "\n".join(out) if len(out) > 4 else ""
