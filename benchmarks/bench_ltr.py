@@ -11,7 +11,11 @@ width 64, w concatenated to the input):
      in real documents per second (padding not counted);
   2. the cost of a W-COS-DPO step against a single-objective DPO step on the same model and batch
      (paper App. A.5 says there is no extra cost; target <= 1.1x); --film / --vertex-prob: the issue 13 variant;
-  3. for scale, a bare nn.TransformerEncoder training step on full, unpadded lists of 128 items.
+  3. for scale, a bare nn.TransformerEncoder training step on full, unpadded lists of 128 items;
+  4. one validation pass (scores of a 2,000-list, ~240,000-document split at one w, NDCG@10 of every objective)
+     as train_ltr.py ran it before issue 11 (PyTorch's inference fast path on, batches and gains rebuilt per
+     call) and as it runs now (fast path off, pareto.EvalSplit built once);
+  5. torch.autocast(bfloat16) against float32: the W-COS training step of 2. and the validation pass of 4.
 """
 import argparse
 import os
@@ -24,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import data as data_lib  # noqa: E402
+import pareto  # noqa: E402
 import train_ltr  # noqa: E402
 from losses import lipo_loss  # noqa: E402
 from models import Ranker, RankerConfig  # noqa: E402
@@ -139,6 +144,57 @@ def main():
     bare = statistics.median(t[2:])
     print(f"3. bare nn.TransformerEncoder step, {x.shape[0]} full lists of 128: {1e3 * bare:.1f} ms "
           f"-> {x.shape[0] * 128 / bare:,.0f} documents/s")
+
+    # 4. a validation pass before and after issue 11 (same scores; the model is in eval mode as in train_ltr)
+    vali = mslr_sized_split(2000, 240_000, m, seed=1)
+    ref_vali, w = torch.randn(vali.num_docs), torch.full((m,), 1.0 / m)
+    model.eval()
+
+    def validate(ev, bf16=False):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return ev.ndcg(ev.scores(lambda b: model(b.features, b.mask, w=w, ref_scores=ref_vali[b.index])))
+
+    def timed(fn, repeats=3):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+    t0 = time.perf_counter()
+    ev = pareto.EvalSplit(vali, args.max_docs)
+    ev.targets  # the gains and ideal DCGs, built on first use
+    t_build = time.perf_counter() - t0
+    torch.backends.mha.set_fastpath_enabled(True)
+    before = timed(lambda: validate(pareto.EvalSplit(vali, args.max_docs)))
+    torch.backends.mha.set_fastpath_enabled(False)
+    after = timed(lambda: validate(ev))
+    print(f"4. validation pass at one w over {vali.num_docs} documents: before {before:.2f} s (fast path on, rebuilt "
+          f"per call), now {after:.2f} s (fast path off, EvalSplit built once in {t_build:.2f} s) -> {before / after:.1f}x")
+
+    # 5. bfloat16 autocast of the network's forward pass (the losses stay float32) against float32, interleaved
+    model.train()
+    forward = model.forward
+
+    def forward_bf16(*a, **kw):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(*a, **kw).float()
+    times = {False: [], True: []}
+    for i in range(args.repeats + 2):
+        for bf16 in (False, True):
+            model.forward = forward_bf16 if bf16 else forward
+            t0 = time.perf_counter()
+            wcos_step()
+            times[bf16].append(time.perf_counter() - t0)
+    model.forward = forward
+    fp, bf = statistics.median(times[False][2:]), statistics.median(times[True][2:])
+    model.eval()
+    fp_val, bf_val = timed(lambda: validate(ev)), timed(lambda: validate(ev, bf16=True))
+    (fp_aux, fp_main), (bf_aux, bf_main) = validate(ev), validate(ev, bf16=True)
+    gap = np.abs(np.array(fp_aux + [fp_main]) - np.array(bf_aux + [bf_main])).max()
+    print(f"5. bf16 autocast: training step {1e3 * fp:.1f} ms fp32 vs {1e3 * bf:.1f} ms bf16 ({fp / bf:.2f}x); "
+          f"validation pass {fp_val:.2f} s fp32 vs {bf_val:.2f} s bf16 ({fp_val / bf_val:.2f}x), NDCG@10 of the same "
+          f"model differs by up to {gap:.4f} (bf16 scores tie more often)")
 
 
 if __name__ == "__main__":
