@@ -238,7 +238,7 @@ def claims(by_seed):
             hv_wins = sum(x["hv"] >= y["hv"] for x, y in zip(me, them))
             main_wins = sum(x["main"] >= y["main"] for x, y in zip(me, them))
             parts.append(f"HV >= {names[b]}: {verdict(mean(me, 'hv') >= mean(them, 'hv'))} "
-                         f"({mean(me, 'hv'):.4g} vs {mean(them, 'hv'):.4g}, {hv_wins}/{len(seeds)} seeds); "
+                         f"({mean(me, 'hv'):#.4g} vs {mean(them, 'hv'):#.4g}, {hv_wins}/{len(seeds)} seeds); "
                          f"main NDCG@10 >= {names[b]}: {verdict(mean(me, 'main') >= mean(them, 'main'))} "
                          f"({mean(me, 'main'):.3f} vs {mean(them, 'main'):.3f}, {main_wins}/{len(seeds)} seeds)")
             if b == "ls":
