@@ -257,21 +257,23 @@ class PrefixLM(nn.Module):
         return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, w: Optional[torch.Tensor] = None,
-                use_prefix: bool = True, keep: int = 0) -> torch.Tensor:
+                use_prefix: bool = True, keep: int = 0, hidden: bool = False) -> torch.Tensor:
         """Logits (B, T, V) at the token positions, or (B, keep, V) at the last `keep` ones (transformers'
-        logits_to_keep: a (B, T, V) tensor is the largest of a step). input_ids, attention_mask: (B, T),
-        right-padded. w: (m,) or (B, m) for a HyperPrompt, None for plain prompt tuning. use_prefix=False runs
-        the LM on the tokens alone, LoRA as it stands (wrap in `lora_disabled` for the reference model p0)."""
+        logits_to_keep); hidden=True: the last hidden states (B, T, d) instead, which the output embedding
+        (lm.get_output_embeddings()) maps to the logits. input_ids, attention_mask: (B, T), right-padded.
+        w: (m,) or (B, m) for a HyperPrompt, None for plain prompt tuning. use_prefix=False runs the LM on the
+        tokens alone, LoRA as it stands (wrap in `lora_disabled` for the reference model p0)."""
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d)
         B, T = input_ids.shape
-        mask, keep = attention_mask.long(), keep or T
-        if not use_prefix or self.prompt is None:
-            return self.lm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=keep).logits  # at 0..T-1
-        prefix = self.prompt(w, B).to(embeds.dtype)  # (B, k, d)
-        k = prefix.shape[1]
-        positions = torch.arange(k + T, device=input_ids.device).expand(B, -1)  # prefix 0..k-1, tokens k..k+T-1
-        return self.lm(inputs_embeds=torch.cat([prefix, embeds], 1), position_ids=positions, logits_to_keep=keep,
-                       attention_mask=torch.cat([mask.new_ones(B, k), mask], 1)).logits  # prefix outputs dropped
+        mask, lm = attention_mask.long(), self.lm.base_model if hidden else self.lm
+        kwargs = dict(attention_mask=mask) if hidden else dict(attention_mask=mask, logits_to_keep=keep or T)
+        if use_prefix and self.prompt is not None:
+            prefix = self.prompt(w, B).to(embeds.dtype)  # (B, k, d)
+            k = prefix.shape[1]
+            embeds, kwargs["attention_mask"] = torch.cat([prefix, embeds], 1), torch.cat([mask.new_ones(B, k), mask], 1)
+            kwargs["position_ids"] = torch.arange(k + T, device=input_ids.device).expand(B, -1)  # tokens k..k+T-1
+        out = lm(inputs_embeds=embeds, **kwargs)  # without prefix, tokens at 0..T-1
+        return out.last_hidden_state[:, -T:] if hidden else out.logits  # the prefix outputs dropped
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

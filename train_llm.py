@@ -32,6 +32,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 import data as data_lib
@@ -238,14 +239,20 @@ def prefix_init_ids(encode, k: int) -> list:
 
 
 # ---- log-probs: the policy at w and the reference p0 (computed once, without gradients) --------------------
-def policy_logps(model, batch: dict, w: Optional[torch.Tensor], use_prefix: bool = True) -> torch.Tensor:
-    """log p_theta(y|x, w) of both responses of each pair: (B, 2); the sum of the response's token log-probs.
-    `model` is a PrefixLM or its DDP wrapper."""
+def policy_logps(model, batch: dict, w: Optional[torch.Tensor], use_prefix: bool = True, chunk: int = 4):
+    """log p_theta(y|x, w) of both responses of each pair: (B, 2) tensor; the sum of the response's token
+    log-probs. `model` is a PrefixLM or its DDP wrapper. The (2B, T, V) logits, a step's largest tensor,
+    never exist whole: `chunk` sequences at a time go through the output embedding (recomputed in backward)."""
     B, n, T = batch["input_ids"].shape
     ids, resp = batch["input_ids"].view(B * n, T), batch["response_mask"].view(B * n, T)  # both responses at once
     first = int(resp.float().argmax(-1).min()) - 1  # the first position that predicts a response token
-    logits = model(ids, batch["attention_mask"].view(B * n, T), w=w, use_prefix=use_prefix, keep=T - first)
-    return sequence_logps(logits, ids[:, first:], resp[:, first:]).view(B, n)  # logits (2B, T - first, V)
+    hidden = model(ids, batch["attention_mask"].view(B * n, T), w=w, use_prefix=use_prefix, hidden=True)[:, first:]
+    head = getattr(model, "module", model).lm.get_output_embeddings()  # frozen (LoRA and HPT train)
+
+    def logps(h, y, r):  # logits (chunk, T - first, V)
+        return sequence_logps(head(h), y, r)
+    parts = zip(hidden.split(chunk), ids[:, first:].split(chunk), resp[:, first:].split(chunk))
+    return torch.cat([checkpoint(logps, *p, use_reentrant=False) for p in parts]).view(B, n)
 
 
 @torch.no_grad()

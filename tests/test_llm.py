@@ -158,6 +158,28 @@ def test_prefix_positions_follow_peft_and_the_reference_keeps_its_own():
         assert torch.equal(policy(ids, attn, w=w, keep=3), got[:, -3:])  # logits_to_keep: the last positions
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+def test_policy_logps_in_chunks_equal_the_whole_logits_in_value_and_gradient(chunk):
+    """policy_logps maps the hidden states to logits a few sequences at a time (recomputed in backward): the
+    same log-probs and gradients as sequence_logps over the whole (2B, T, V) logits."""
+    policy, w = tiny_policy(), torch.tensor([0.3, 0.7])
+    batch = tiny_batch(3).batch([0, 1, 2])
+    ids, attn, resp = flat(batch)
+    grads = []
+    for run in ("whole", "chunks"):
+        policy.zero_grad()
+        logps = (sequence_logps(policy(ids, attn, w=w), ids, resp).view(3, 2) if run == "whole" else
+                 train_llm.policy_logps(policy, batch, w, chunk=chunk))
+        (logps * torch.tensor([1.0, -2.0])).sum().backward()
+        grads.append([p.grad.clone() for p in policy.parameters() if p.requires_grad])
+        values = logps.detach() if run == "whole" else values
+    assert torch.allclose(logps, values, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    with torch.no_grad():  # hidden=True: the states the output embedding maps to the logits
+        hidden = policy(ids, attn, w=w, hidden=True)
+        assert torch.allclose(policy.lm.get_output_embeddings()(hidden), policy(ids, attn, w=w), atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # gradients, w-dependence, the reference model
 # ---------------------------------------------------------------------------------------------------------
