@@ -101,7 +101,7 @@ def generate_parser() -> argparse.ArgumentParser:
     a("--c", type=float, default=1.0, help="post-training temperature (Eq. 14): sample from "
       "p0^(1-1/c) p_theta^(1/c), per token (c = 1: the policy itself)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="one prompt")
+    src.add_argument("--prompt", action="append", help="a prompt; repeat for several")
     src.add_argument("--prompts", help="a file: one prompt per line, or PKU-SafeRLHF JSON lines (prompt field)")
     a("--max-new-tokens", type=int, default=128)
     a("--temperature", type=float, default=0.7, help="sampling temperature (> 0)")
@@ -485,7 +485,7 @@ def generate(argv: list) -> None:
     if min(args.c, args.temperature, args.top_p, args.max_new_tokens) <= 0 or args.top_p > 1:
         raise ValueError("--c, --temperature and --max-new-tokens must be > 0, and --top-p in (0, 1]")
     weights = [data_lib.parse_weight(w, len(OBJECTIVES)) for w in args.w]
-    prompts = [args.prompt] if args.prompts is None else read_prompts(args.prompts)
+    prompts = args.prompt if args.prompts is None else read_prompts(args.prompts)
     policy, ckpt, tokenizer = load_trained(args.checkpoint, resolve_device(args.device))
     states = [set_weight(policy, ckpt["method"], ckpt["jobs"], w) for w in weights]  # refuses a w it cannot serve
     encode, _, eos_id, bos_id = token_ids(tokenizer)

@@ -563,6 +563,10 @@ def test_generate_prints_answers_side_by_side_and_reads_prompt_files(tiny_runs, 
     lines = capsys.readouterr().out.strip().splitlines()
     assert [l for l in lines if l.startswith("prompt:")] == ["prompt: How do I fix a lamp?", "prompt: Can I win?"]
     assert sum(l.startswith("  w = 0.50,0.50 | ") for l in lines) == 2 and len(lines) == 9
+    argv = ["generate", str(out / "one" / "model.pt"), "--w", "1,0", "--prompt", "Hi?", "--prompt", "Bye?",
+            "--max-new-tokens", "4"]  # --prompt repeated: every one is answered
+    assert train_llm.main(argv) == 0
+    assert [l for l in capsys.readouterr().out.splitlines() if l.startswith("prompt:")] == ["prompt: Hi?", "prompt: Bye?"]
 
 
 @pytest.mark.parametrize("make, argv, message", [
