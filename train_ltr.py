@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--base-hidden", type=int, default=128, help="width of the base ranker (paper 128)")
     a("--epochs", type=int, default=None, help="fine-tuning epochs of every trained model, the same fixed count "
       "for every method and model, no early stopping (the paper's fixed budget; presets: where validation NDCG "
-      "has converged, synthetic 30, mslr 20: W-COS validation HV at 11 weights peaks near 20, then falls slowly)")
+      "has converged, synthetic 30, mslr 20: W-COS validation NDCG@10 at the unit weights levels off by 20)")
     a("--base-epochs", type=int, default=None, help="most ListNet epochs of the base ranker (see --base-patience)")
     a("--base-patience", type=int, default=3, help="stop the base ranker after this many epochs without a better "
       "validation NDCG@10; the best epoch is kept (3: beyond the epoch-to-epoch noise of validation NDCG)")
