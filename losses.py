@@ -201,12 +201,16 @@ def compose_temperature(net_scores, ref_scores, beta):
 
 
 # sampling w ~ Dir(alpha) -------------------------------------------------------------------------------
-def sample_weights(alpha, num, generator=None):
+def sample_weights(alpha, num, generator=None, vertex_prob=0.0):
     """Draw `num` weight vectors w ~ Dir(alpha) (Alg. 1-4, line 2). Returns (num, m) float32 rows on the simplex.
 
     alpha: length-m concentrations > 0 (paper: robust for 0.2-1.0, App. A.6.1). generator: a
     numpy.random.Generator (continued in place; to resume, save and restore rng.bit_generator.state),
-    an int seed, or None (fresh entropy).
+    an int seed, or None (fresh entropy). vertex_prob (issue 13 variant, paper 0): with this probability
+    every row is replaced by one unit vector e_j, j uniform, so that more steps train the front's ends.
     """
     rng = np.random.default_rng(generator)  # returns a Generator unchanged
-    return torch.from_numpy(rng.dirichlet(np.asarray(alpha, dtype=np.float64), size=num)).float()
+    w = torch.from_numpy(rng.dirichlet(np.asarray(alpha, dtype=np.float64), size=num)).float()
+    if vertex_prob and rng.random() < vertex_prob:
+        w = torch.eye(len(alpha))[[rng.integers(len(alpha))] * num]
+    return w

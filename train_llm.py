@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--beta", default="0.1", help="DPO temperature: one value or one per objective (paper: 0.1)")
     a("--penalty", type=float, default=0.0, help="cosine penalty lambda (App. A.2, wcos only): minimises "
       "L_w - lambda cos(w, L); negative = the sign printed in Eq. 18")
+    a("--vertex-prob", type=float, default=0.0, help="variant (issue 13, wcos only): probability that a step's w "
+      "is a unit vector e_j, j uniform, instead of a Dir(alpha) draw (paper: 0)")
     a("--weights", default=None, help="evaluation weights 'w1,w2;w1,w2;...' (default: the 11-point grid)")
     a("--num-virtual-tokens", type=int, default=8, help="prefix length k (paper 8)")
     a("--hpt-rank", type=int, default=4, help="rank r of the HPT mask A @ B (paper 4)")
@@ -138,6 +140,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
               (min(args.lr, args.sft_lr, args.lora_alpha) > 0, "--lr, --sft-lr and --lora-alpha must be > 0"),
               (0 < args.test_fraction < 1, "--test-fraction must be in (0, 1)"),
               (args.penalty == 0 or args.method == "wcos", "--penalty is for --method wcos only (COS-DPO)"),
+              (0 <= args.vertex_prob <= 1 and (not args.vertex_prob or args.method == "wcos"),
+               "--vertex-prob must be a probability in [0, 1], for --method wcos only"),
               (args.lora_targets, "--lora-targets must name at least one module"),
               (not args.gguf_file or all(importlib.util.find_spec(p) for p in ("gguf", "accelerate")),
                "--gguf-file needs `pip install gguf accelerate` (transformers reads GGUF with them)")]
@@ -346,7 +350,8 @@ def train_job(args, model, policy: PrefixLM, train: data_lib.TokenizedPairs, ref
         idx = order[pos:pos + args.batch_size][rank::world]
         pos += args.batch_size
         batch = train.batch(idx, args.device)
-        w = (sample_weights(args.alpha, 1, w_rng)[0] if fixed_w is None else torch.tensor(fixed_w)).to(args.device)
+        w = sample_weights(args.alpha, 1, w_rng, args.vertex_prob)[0] if fixed_w is None else torch.tensor(fixed_w)
+        w = w.to(args.device)
         logps = policy_logps(model, batch, w if fixed_w is None else None)  # (B, 2)
         ref = ref_train[idx].to(args.device)  # (B, 2) log p0, no gradient, computed once per pair (cached)
         L = objective_losses(logps, ref, batch["labels"], beta)  # (m,), Eq. 5 / Eq. 11

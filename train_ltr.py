@@ -286,15 +286,6 @@ def make_jobs(args, weights: np.ndarray) -> list[Job]:
     return units + [Job(f"modpo{i + 1}", cfg(False), fixed_w=w.tolist(), modpo=True) for i, w in enumerate(weights)]
 
 
-def draw_weights(args, draws: int, rng: np.random.Generator) -> torch.Tensor:
-    """(draws, m) weights w ~ Dir(alpha) (Alg. 1/2 line 2); with probability --vertex-prob the step's w is e_j
-    instead, j uniform (issue 13 variant, one w per step). One Generator, so --resume continues the draws."""
-    w = sample_weights(args.alpha, draws, rng)
-    if args.vertex_prob and rng.random() < args.vertex_prob:
-        w = torch.eye(len(args.alpha))[[rng.integers(len(args.alpha))]]
-    return w
-
-
 def step_loss(args, model: Ranker, batch, ref: torch.Tensor, job: Job, rng: np.random.Generator,
               units: Optional[torch.Tensor] = None):
     """The loss of one step and the per-objective losses L (m,) for the log. ref: (B, n) frozen base scores."""
@@ -303,7 +294,7 @@ def step_loss(args, model: Ranker, batch, ref: torch.Tensor, job: Job, rng: np.r
     if job.fixed_w is not None:
         w = torch.tensor(job.fixed_w, device=device)
     else:  # Alg. 1/2 line 2: w ~ Dir(alpha), one per step (paper) or one per list (--w-per-list variant)
-        w = draw_weights(args, draws, rng).to(device)
+        w = sample_weights(args.alpha, draws, rng, args.vertex_prob).to(device)
         w = w if args.w_per_list else w[0]
     cond_w = w if model.config.num_objectives else None
     beta = torch.tensor(args.beta, device=device)

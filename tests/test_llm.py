@@ -389,6 +389,8 @@ def resolve(*argv):
     (["--weights", "0.5,0.3,0.2"], "one per objective"),
     (["--weights", "0.5,0.6"], "summing to 1"),
     (["--penalty", "0.1", "--method", "soup"], "wcos only"),
+    (["--vertex-prob", "1.5"], "--vertex-prob must be a probability"),
+    (["--vertex-prob", "0.25", "--method", "ls"], "--vertex-prob .* wcos only"),
     (["--test-data", "/nonexistent.jsonl"], "--test-data: no file"),
     (["--beta", "0"], "--beta must be > 0"),
     (["--alpha", "1,2,3"], "--alpha must be one number or 2"),

@@ -325,6 +325,23 @@ def test_sample_weights_resume_continues_the_same_draws():
     assert torch.cat([sample_weights([0.5, 0.5], 1, resumed) for _ in range(4)]).equal(uninterrupted)
 
 
+def test_vertex_prob_draws_unit_vectors_at_that_rate():
+    """Issue 13 variant: with vertex_prob p a call's rows are one e_j (j uniform) with probability p, else
+    Dir(alpha); p = 0 leaves the paper's draws untouched (same Generator stream)."""
+    def draws(p, num=4000, rows=1):
+        rng = np.random.default_rng(0)
+        return torch.stack([sample_weights([0.5, 0.5, 0.5], rows, rng, vertex_prob=p) for _ in range(num)])
+
+    def is_vertex(w):
+        return (w == 1).any(-1)
+    assert not is_vertex(draws(0.0)).any()  # Dir(alpha) never draws a vertex exactly
+    assert abs(is_vertex(draws(0.25)).float().mean() - 0.25) < 0.03
+    ones = draws(1.0, rows=2)
+    assert is_vertex(ones).all() and ones[:, 0].equal(ones[:, 1])  # every row of a call: the same e_j
+    torch.testing.assert_close(ones[:, 0].mean(0), torch.full((3,), 1 / 3), atol=0.03, rtol=0)  # j uniform
+    torch.testing.assert_close(draws(0.0, 5)[:, 0], sample_weights([0.5] * 3, 5, np.random.default_rng(0)))
+
+
 # ------------------------------------------------------------------------------------------- bad input
 def test_bad_labels_give_clear_errors():
     s, s0, labels, mask = random_lists(m=2)

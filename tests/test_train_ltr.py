@@ -359,25 +359,6 @@ def test_penalty_is_for_cos_dpo_only_and_betas_for_tcos_only(tiny_data, tmp_path
     assert "T-COS" in capsys.readouterr().err
 
 
-def test_vertex_prob_draws_unit_vectors_at_that_rate():
-    """Issue 13 variant: with --vertex-prob p a step's w is e_j (j uniform) with probability p, else Dir(alpha);
-    p = 0 leaves the paper's draws untouched (same Generator stream)."""
-    args = train_ltr.build_parser().parse_args([])
-    args.alpha = [0.5, 0.5]
-
-    def draws(p, num=4000):
-        args.vertex_prob, rng = p, np.random.default_rng(0)
-        return torch.cat([train_ltr.draw_weights(args, 1, rng) for _ in range(num)])
-
-    def is_vertex(w):
-        return (w == 1).any(1)
-    assert not is_vertex(draws(0.0)).any()  # Dir(alpha) never draws a vertex exactly
-    assert abs(is_vertex(draws(0.25)).float().mean() - 0.25) < 0.03
-    ones = draws(1.0)
-    assert is_vertex(ones).all() and abs(ones[:, 0].mean() - 0.5) < 0.04  # both vertices, about equally often
-    torch.testing.assert_close(draws(0.0, 5), train_ltr.sample_weights([0.5, 0.5], 5, np.random.default_rng(0)))
-
-
 def test_film_and_vertex_prob_train_resume_and_are_checked(tiny_data, tmp_path, capsys):
     """--film --vertex-prob: the run's model carries FiLM, --resume continues the same draws, and the flags are
     refused where they mean nothing (per-list w, baselines, p outside [0, 1], a resume without --film)."""
