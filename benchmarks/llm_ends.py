@@ -50,11 +50,12 @@ def main():
     res = {(s, m): run(args.out, s, m, args.threads) for s in seeds for m in methods}
     print(f"\n| method | seeds | HV (ref 1.1, 1.1) | end error e_1, e_2 | end gap to the unit models (e_1, e_2; "
           f"+ = worse) | train time (s) |\n|---|---|---|---|---|---|")
+    def sd(x):
+        return f" +/- {np.std(x):.3f}" if len(seeds) > 1 else ""
     for m in methods:
         hv = [res[s, m]["hypervolume"] for s in seeds]
         e = np.array([ends(res[s, m]) for s in seeds])
         gap = e - np.array([ends(res[s, "soup"]) for s in seeds])
-        sd = lambda x: f" +/- {np.std(x):.3f}" if len(seeds) > 1 else ""  # noqa: E731
         print(f"| {METHODS[m][0]} | {len(seeds)} | {np.mean(hv):.4f}{sd(hv)} | {e[:, 0].mean():.3f}, "
               f"{e[:, 1].mean():.3f} | {gap[:, 0].mean():+.3f}{sd(gap[:, 0])}, {gap[:, 1].mean():+.3f}{sd(gap[:, 1])}"
               f" | {np.mean([res[s, m]['train_seconds'] for s in seeds]):.0f} |")

@@ -315,7 +315,7 @@ def test_one_w_per_list_variant(tiny_data, tmp_path, monkeypatch):
     model = train_ltr.Ranker(train_ltr.RankerConfig(hidden=8, layers=1, heads=2, num_objectives=2))
     ref = torch.randn(batch.mask.shape)
     job = train_ltr.Job("wcos", model.config)
-    monkeypatch.setattr(train_ltr, "sample_weights", lambda alpha, num, rng, vertex_prob: torch.tensor([[0.3, 0.7]] * num))
+    monkeypatch.setattr(train_ltr, "sample_weights", lambda alpha, num, *_: torch.tensor([[0.3, 0.7]] * num))
     per_step, _ = train_ltr.step_loss(args, model, batch, ref, job, None)
     args.w_per_list = True
     per_list, _ = train_ltr.step_loss(args, model, batch, ref, job, None)
@@ -331,7 +331,7 @@ def test_penalty_sign_in_training(tiny_data, monkeypatch):
     model = train_ltr.Ranker(train_ltr.RankerConfig(hidden=8, layers=1, heads=2, num_objectives=2))
     ref = torch.randn(batch.mask.shape)
     w = torch.tensor([0.3, 0.7])
-    monkeypatch.setattr(train_ltr, "sample_weights", lambda alpha, num, generator, vertex_prob: w.expand(num, 2))
+    monkeypatch.setattr(train_ltr, "sample_weights", lambda alpha, num, *_: w.expand(num, 2))
     job = train_ltr.Job("wcos", model.config)
 
     def loss_at(penalty, job=job):
