@@ -14,7 +14,8 @@ and fixed in train_ltr.py before these comparisons were run. Each part writes it
 
 Parts (all W-COS-DPO runs of a seed share its base model, OUT/base.pt):
   compare  DPO-LS, DPO Soup, MO-DPO, W-COS-DPO (the paper's network and sampling), W-COS-DPO + FiLM + vertex
-           0.25 (issue 13: --film --vertex-prob 0.25) and W-COS-DPO with --label-transform log1p-zscore, on
+           0.25 (issue 13: --film --vertex-prob 0.25), W-COS-DPO with --label-transform log1p-zscore, and the
+           --dropout 0.2 rows (issue 13: W-COS-DPO, + FiLM + vertex, and DPO Soup with the same dropout), on
            I, II (Fig. 2a), IV, V (Fig. 2b) and I-V (Table 1): aux hypervolume, main NDCG@10 (mean over the 11
            weights), end points at e_j against the unit models (the Soup's ingredients), front shape, time, size.
   penalty  App. A.2: W-COS-DPO with --penalty in {-0.2, -0.05, 0, 0.05, 0.2} on I, II and IV, V.
@@ -40,8 +41,13 @@ SETS = (("I_II", "I,II", "Fig. 2a"), ("IV_V", "IV,V", "Fig. 2b"), ("m5", "I,II,I
 METHODS = (("ls", "DPO-LS", []), ("soup", "DPO Soup", []), ("modpo", "MO-DPO", []),
            ("wcos", "W-COS-DPO (paper)", []),
            ("wcos_film_vertex", "W-COS-DPO + FiLM + vertex 0.25", ["--film", "--vertex-prob", "0.25"]),
-           ("wcos_log1p", "W-COS-DPO (log1p-zscore labels)", ["--label-transform", "log1p-zscore"]))
-BASELINES = ("ls", "soup", "modpo")
+           ("wcos_log1p", "W-COS-DPO (log1p-zscore labels)", ["--label-transform", "log1p-zscore"]),
+           ("wcos_film_vertex_dropout", "W-COS-DPO + FiLM + vertex 0.25 + dropout 0.2",
+            ["--film", "--vertex-prob", "0.25", "--dropout", "0.2"]),
+           ("soup_dropout", "DPO Soup + dropout 0.2", ["--dropout", "0.2"]),
+           ("wcos_dropout", "W-COS-DPO + dropout 0.2", ["--dropout", "0.2"]))
+BASELINES = ("ls", "soup", "modpo", "soup_dropout")
+VARIANTS = ("wcos", "wcos_film_vertex", "wcos_film_vertex_dropout", "wcos_dropout")  # rows checked against BASELINES
 PENALTIES = (-0.2, -0.05, 0.0, 0.05, 0.2)
 DEPTHS = (1, 2, 3, 4, 5)
 SCALES = (0.8, 0.9, 1.0, 1.1, 1.2)
@@ -228,7 +234,7 @@ def claims(by_seed):
     """Issue 10's claims for both W-COS rows against each baseline, on the seeds both finished: seed means, and
     on how many seeds the claim holds."""
     lines, names = [], {f: n for f, n, _ in METHODS}
-    for folder in ("wcos", "wcos_film_vertex"):
+    for folder in VARIANTS:
         parts = []
         for b in BASELINES:
             seeds = [d for d in by_seed[folder] if d in by_seed[b]]

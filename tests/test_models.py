@@ -187,3 +187,13 @@ def test_film_config_rebuilds_from_a_checkpoint_entry():
     w = torch.tensor([0.4, 0.6])
     rebuilt = ranker_from({"model_config": model.config.to_dict(), "model_state": model.state_dict()})
     assert rebuilt.config.film and torch.equal(rebuilt(x, mask, w=w), model(x, mask, w=w))
+
+
+def test_dropout_acts_in_training_only():
+    """The issue 13 regulariser (--dropout): random in train mode, off in the evaluation model ranker_from rebuilds."""
+    model = tiny(num_objectives=2, dropout=0.5).train()
+    x, mask = batch()
+    w = torch.tensor([0.4, 0.6])
+    assert not torch.equal(model(x, mask, w=w), model(x, mask, w=w))
+    rebuilt = ranker_from({"model_config": model.config.to_dict(), "model_state": model.state_dict()})
+    assert rebuilt.config.dropout == 0.5 and torch.equal(rebuilt(x, mask, w=w), model.eval()(x, mask, w=w))
