@@ -332,24 +332,25 @@ def tcos_table(out):
 
 
 def variant_table(dirs):
-    """Issue 13 before / after: the paper's W-COS-DPO against + FiLM + vertex 0.25, with the Soup and DPO-LS."""
-    out = ["### Issue 13: W-COS-DPO (paper) before, + FiLM + vertex 0.25 after", "",
-           "| objectives | seeds | HV paper | HV FiLM + vertex | HV DPO Soup | HV DPO-LS | worst end gap paper | "
-           "worst end gap FiLM + vertex | main NDCG@10 paper | main FiLM + vertex | time FiLM + vertex / DPO-LS |",
-           "|---" * 11 + "|"]
+    """Issue 13 before / after: W-COS-DPO (paper), + FiLM + vertex 0.25, + dropout 0.2, with the Soup and DPO-LS."""
+    cols = (("wcos", "paper"), ("wcos_film_vertex", "FiLM + vertex"), ("wcos_film_vertex_dropout", "+ dropout"))
+    refs = (("soup", "DPO Soup"), ("soup_dropout", "DPO Soup + dropout"), ("ls", "DPO-LS"))
+    out = ["### Issue 13: W-COS-DPO (paper) before, + FiLM + vertex 0.25 (+ dropout 0.2) after", "",
+           "| objectives | seeds | " + " | ".join(f"HV {n}" for _, n in cols + refs) + " | "
+           + " | ".join(f"worst end gap {n}" for _, n in cols) + " | " + " | ".join(f"main {n}" for _, n in cols)
+           + " | time + dropout / DPO-LS |", "|---" * (3 + 3 * len(cols) + len(refs)) + "|"]
     for tag, objectives, _ in SETS:
-        runs = {f: gather(dirs, os.path.join("compare", tag, f), tag)
-                for f in ("wcos", "wcos_film_vertex", "soup", "ls")}
-        seeds = [d for d in runs["wcos"] if d in runs["wcos_film_vertex"]]
+        runs = {f: gather(dirs, os.path.join("compare", tag, f), tag) for f, _ in cols + refs}
+        seeds = [d for d in runs["wcos"] if all(d in runs[f] for f, _ in cols)]
         if not seeds:
             continue
         rows = {f: [found[d] for d in seeds if d in found] for f, found in runs.items()}
-        ratio = f"{mean(rows['wcos_film_vertex'], 'secs') / mean(rows['ls'], 'secs'):.3f}" if rows["ls"] else "-"
-        out.append(f"| {objectives.replace(',', ', ')} | {len(seeds)} | {col(rows['wcos'], 'hv', '#.4g')} | "
-                   f"{col(rows['wcos_film_vertex'], 'hv', '#.4g')} | {col(rows['soup'], 'hv', '#.4g')} | "
-                   f"{col(rows['ls'], 'hv', '#.4g')} | {col(rows['wcos'], 'end_worst', '+.3f')} | "
-                   f"{col(rows['wcos_film_vertex'], 'end_worst', '+.3f')} | {col(rows['wcos'], 'main', '.3f')} | "
-                   f"{col(rows['wcos_film_vertex'], 'main', '.3f')} | {ratio} |")
+        last = cols[-1][0]
+        ratio = f"{mean(rows[last], 'secs') / mean(rows['ls'], 'secs'):.3f}" if rows["ls"] else "-"
+        out.append(f"| {objectives.replace(',', ', ')} | {len(seeds)} | "
+                   + " | ".join(col(rows[f], "hv", "#.4g") for f, _ in cols + refs) + " | "
+                   + " | ".join(col(rows[f], "end_worst", "+.3f") for f, _ in cols) + " | "
+                   + " | ".join(col(rows[f], "main", ".3f") for f, _ in cols) + f" | {ratio} |")
     return "\n".join(out) if len(out) > 4 else ""
 
 
