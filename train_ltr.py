@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="scratch: separate network (paper main setting); augment: s0 + delta (default for tcos, App. A.8)")
     a("--layers", type=int, default=None, help="transformer layers of the fine-tuned model (paper 2; tcos 5)")
     a("--hidden", type=int, default=64, help="width of the fine-tuned model (paper 64; a multiple of 4 heads)")
-    a("--dropout", type=float, default=0.0, help="dropout of the fine-tuned model")
+    a("--dropout", type=float, default=0.0, help="dropout of the fine-tuned model (paper: 0; issue 13 variant: 0.2)")
     a("--weight-decay", type=float, default=0.0, help="AdamW weight decay of the fine-tuned model")
     a("--base-layers", type=int, default=2, help="layers of the base ranker (paper 2)")
     a("--base-hidden", type=int, default=128, help="width of the base ranker (paper 128)")

@@ -1,10 +1,12 @@
 """Issue 13 on the LLM: W-COS-DPO's front ends against the unit models (DPO Soup's ingredients: the Soup at e_j
 is the model trained for objective j alone), with and without vertex mixing, on the embedded preference set
 (the tiny default run of train_llm.py, every method with its defaults and the same --max-steps), over seeds.
+wcos_steps3x is the one row with another budget: W-COS-DPO with 3x the steps of every other trained model.
 
 Run from the repository root (finished runs are reused; one run is about 5 min on one CPU thread):
     python benchmarks/llm_ends.py --seeds 0,1,2 --out runs/llm_ends --threads 1
-    python benchmarks/llm_ends.py --seeds 0 --methods wcos,wcos_vertex,soup,ls   # DPO-LS: 11 models, ~20 min
+    python benchmarks/llm_ends.py --seeds 0 --methods wcos,wcos_vertex,soup,ls   # DPO-LS: 11 models, ~20-45 min
+    python benchmarks/llm_ends.py --seeds 0,1,2 --methods wcos,wcos_steps3x,soup   # W-COS-DPO trained 3x longer
 """
 import argparse
 import json
@@ -18,6 +20,7 @@ import train_llm  # noqa: E402
 
 METHODS = {"wcos": ("W-COS-DPO (paper)", ["--method", "wcos"]),
            "wcos_vertex": ("W-COS-DPO + vertex 0.25", ["--method", "wcos", "--vertex-prob", "0.25"]),
+           "wcos_steps3x": ("W-COS-DPO, 3x the steps", ["--method", "wcos", "--max-steps", "1500"]),
            "soup": ("DPO Soup", ["--method", "soup"]), "ls": ("DPO-LS", ["--method", "ls"])}
 
 

@@ -231,8 +231,8 @@ def verdict(ok):
 
 
 def claims(by_seed):
-    """Issue 10's claims for both W-COS rows against each baseline, on the seeds both finished: seed means, and
-    on how many seeds the claim holds."""
+    """Issue 10's claims for the W-COS rows (VARIANTS) against each baseline, on the seeds both finished: seed
+    means, and on how many seeds the claim holds."""
     lines, names = [], {f: n for f, n, _ in METHODS}
     for folder in VARIANTS:
         parts = []
