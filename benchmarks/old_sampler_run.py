@@ -7,7 +7,7 @@ OLD/losses.py: losses.py of commit 079b477 (e.g. `git show 079b477:losses.py > /
 w ~ Dir(alpha) with its own Marsaglia-Tsang sampler from a torch.Generator seeded with seed + 1; numpy's
 Generator.dirichlet replaced it. With the old draws the new code retraces an old run (docs/RESULTS.md, "MSLR-WEB10K
 scale"), so a difference between the two codes' results is a difference of random draws, not of the method.
-No --resume (the generator is not saved) and no --vertex-prob (the old code has none).
+--resume and --vertex-prob are refused (the generator is not saved; the old code has no vertex draws).
 """
 import importlib.util
 import os
@@ -26,8 +26,11 @@ def main(argv):
     old = importlib.util.module_from_spec(spec)
     sys.modules["old_losses"] = old
     spec.loader.exec_module(old)
-    seed = train_ltr.build_parser().parse_args(argv[1:]).seed
-    gen = torch.Generator().manual_seed(seed + 1)  # as the old train_ltr.fine_tune seeded it
+    args = train_ltr.build_parser().parse_args(argv[1:])
+    if args.resume or args.vertex_prob:
+        sys.exit("old_sampler_run.py: --resume and --vertex-prob are not supported (the old sampler's generator is "
+                 "not saved; the old code has no vertex draws)")
+    gen = torch.Generator().manual_seed(args.seed + 1)  # as the old train_ltr.fine_tune seeded it
     train_ltr.sample_weights = lambda alpha, num, rng, vertex_prob=0.0: old.sample_weights(alpha, num, generator=gen)
     return train_ltr.main(argv[1:])
 
