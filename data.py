@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 NUM_COLUMNS, NUM_INPUTS = 136, 131  # MSLR feature columns; model inputs are features 1..131 (App. A.4)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # labels and features are stored as float32: larger is refused
+QID_LIMIT = 2.0**63  # query ids are stored as int64
 SPLITS = ("train", "vali", "test")
 LABEL_TRANSFORMS = ("none", "log1p-zscore")  # fit_normalization's options for the auxiliary labels
 SYNTHETIC_VERSION = 1  # of write_synthetic's generator, stored in the folder's SYNTHETIC.json
@@ -154,7 +156,9 @@ def _parse_block_fast(block: bytes):
         values = np.loadtxt(data[delete == 0].tobytes().decode("latin-1").splitlines(), ndmin=2, comments=None)
     except ValueError:  # a token more or less, or not a number: the general path names it
         return None
-    if values.shape != (n, NUM_COLUMNS + 2) or not np.isfinite(values).all() or (values[:, 1] % 1).any():
+    if values.shape != (n, NUM_COLUMNS + 2) or not (np.abs(values) <= FLOAT32_MAX).all():  # (nan fails too)
+        return None
+    if (values[:, 1] % 1).any() or (np.abs(values[:, 1]) >= QID_LIMIT).any():
         return None
     return values[:, 0].astype(np.float32), values[:, 1].astype(np.int64), values[:, 2:].astype(np.float32)
 
@@ -163,9 +167,10 @@ def _parse_block_general(block: bytes, path: str, first_line: int):
     """Any LETOR lines, a Python loop per line -> labels, qids, features (n, 136), line numbers."""
     def number(token: bytes, what: str, shown: bytes) -> float:
         with contextlib.suppress(ValueError):
-            if math.isfinite(value := float(token)):
+            if abs(value := float(token)) <= FLOAT32_MAX:  # (nan fails too)
                 return value
-        raise ValueError(f"{where}: {what} must be a finite number (token {shown.decode('latin-1')!r})")
+        raise ValueError(f"{where}: {what} must be a finite number within float32's range "
+                         f"(|x| <= {FLOAT32_MAX:.4g}) (token {shown.decode('latin-1')!r})")
     lines = block.split(b"\n")[:-1]
     labels, qids, line_numbers, features = [], [], [], np.zeros((len(lines), NUM_COLUMNS), np.float32)
     for line_no, line in enumerate(lines, first_line):
@@ -175,7 +180,7 @@ def _parse_block_general(block: bytes, path: str, first_line: int):
         labels.append(number(tokens[0], "label", tokens[0]))
         second = tokens[1] if len(tokens) > 1 else b"end of line"
         qids.append(number(second[4:], "query id", second) if second.startswith(b"qid:") else 0.5)
-        if not qids[-1].is_integer():  # an integer-valued "1e3" is fine, as on the fast path
+        if not qids[-1].is_integer() or abs(qids[-1]) >= QID_LIMIT:  # an integer-valued "1e3" is fine
             raise ValueError(f"{where}: expected 'qid:<integer>' as the second token "
                              f"(token {second.decode('latin-1')!r})")
         seen = set()

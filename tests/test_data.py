@@ -161,6 +161,9 @@ BAD_LINES = [
     ("1 qid:3 1:nan", "finite", "1:nan"),
     ("1 qid:3 5:inf", "finite", "5:inf"),
     ("nan qid:3 1:1", "finite", "nan"),
+    ("1 qid:3 12:4e39", "within float32's range", "12:4e39"),  # finite in float64, inf in float32
+    ("1e39 qid:3 1:1", "within float32's range", "1e39"),
+    ("1 qid:1e30 1:1", "expected 'qid:<integer>'", "qid:1e30"),  # beyond int64
     ("1 qid:3 4:1 4:2", "not given before", "4:2"),
     ("1 qid:3 4=1", "index:value", "4=1"),
 ]
@@ -189,6 +192,9 @@ DENSE_MUTATIONS = [  # a full 136-column line with one defect (regex, replacemen
     (r" 12:\S+", " 12:nan", "finite", "12:nan"),
     (r" 30:\S+", " 30:-inf", "finite", "30:-inf"),
     (r"^\S+", "inf", "finite", "inf"),
+    (r" 12:\S+", " 12:4e39", "within float32's range", "12:4e39"),  # finite in float64, inf in float32
+    (r" 33:\S+", " 33:-3.5e38", "within float32's range", "33:-3.5e38"),
+    (r" qid:\S+", " qid:1e30", "expected 'qid:<integer>'", "qid:1e30"),
     (r" qid:\S+", " qid:2.5", "expected 'qid:<integer>'", "qid:2.5"),
     (r" 20:", " 7 20:", "index:value", "7"),
 ]
