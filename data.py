@@ -434,13 +434,15 @@ def load_ltr(data_dir, fold: int = 1, objectives=("I", "II"), cache: bool = True
 
 @dataclass
 class Batch:
-    """B lists zero-padded to n: features (B, n, 131), mask (B, n), relevance (B, n), aux (B, n, m), index (B, n)."""
+    """B lists zero-padded to n: features (B, n, 131), mask (B, n), relevance (B, n), aux (B, n, m), index (B, n) the
+    split's rows; cut (B,) True for a list that is a random subset of its query's documents (make_batches' cap)."""
     features: torch.Tensor
     mask: torch.Tensor
     relevance: torch.Tensor
     aux: torch.Tensor
     aux_raw: torch.Tensor
     index: torch.Tensor
+    cut: torch.Tensor
     num_docs = property(lambda self: int(self.mask.sum()), doc="real (unpadded) documents")
     num_lists = property(lambda self: self.mask.shape[0])
 
@@ -465,14 +467,15 @@ def make_batches(split: RankingSplit, max_docs: int = 8192, shuffle: bool = Fals
         positions = np.arange(kept[queries].max())
         index = split.offsets[queries][:, None] + positions  # (B, n)
         mask = positions < kept[queries][:, None]  # (B, n)
-        for b in np.flatnonzero(lengths[queries] > kept[queries]):  # only lists above the cap
+        cut = lengths[queries] > kept[queries]  # (B,) lists above the cap
+        for b in np.flatnonzero(cut):
             q = queries[b]
             index[b, :kept[q]] = split.offsets[q] + np.sort(rng.choice(lengths[q], size=kept[q], replace=False))
         index[~mask] = 0
         arrays = [np.take(v, index, axis=0) for v in (split.features, split.relevance, split.aux, split.aux_raw)]
         for array in arrays:
             array[~mask] = 0  # padding
-        batches.append(Batch(*map(torch.from_numpy, (arrays[0], mask, *arrays[1:], index))))
+        batches.append(Batch(*map(torch.from_numpy, (arrays[0], mask, *arrays[1:], index, cut))))
     return batches
 
 

@@ -17,7 +17,7 @@ def ndcg_at_k(scores, gains, k=10, mask=None, idcg_zero=0.0, ties="average"):
     """Per-query NDCG@k = DCG@k / DCG@k of the ideal order, DCG@k = sum_{rank<=k} gain / log2(rank + 1) (Eq. 22).
     scores: (B, n), torch or numpy; gains: (B, n), or (B, n, m): m objectives ranked by one sort of the scores, giving
     (B, m); gains are linear (the labels, not 2^z - 1); mask: (B, n) bool, True = real item (padding takes no rank).
-    idcg_zero: the value of a query without positive gain (0 as allRank; nan to skip it with nanmean).
+    idcg_zero: the value of a query without positive gain (0 as TF-Ranking; allRank and LightGBM count 1; nan skips it).
     ties="average": expected DCG over random orders of equal scores (as sklearn), "first": by item index. Returns
     float64, a tensor on scores' device if scores is one."""
     s = torch.as_tensor(scores).detach().double()

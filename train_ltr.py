@@ -49,8 +49,8 @@ METHODS = ("wcos", "tcos", "ls", "soup", "modpo")
 
 # Named presets fill the defaults before command-line overrides (STYLE practice 8).
 PRESETS = {
-    "synthetic": dict(data_dir=None, base_epochs=12, epochs=30, lr=2e-3, max_docs=4096),
-    "mslr": dict(data_dir="data/MSLR-WEB10K", base_epochs=30, epochs=20, lr=1e-3, max_docs=16384),
+    "synthetic": dict(data_dir=None, base_epochs=12, epochs=10, min_steps=150, lr=2e-3, max_docs=4096),
+    "mslr": dict(data_dir="data/MSLR-WEB10K", base_epochs=30, epochs=7, min_steps=150, lr=1e-3, max_docs=16384),
 }
 
 
@@ -79,9 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight-decay", type=float, default=0.0, help="AdamW weight decay of the fine-tuned model")
     a("--base-layers", type=int, default=2, help="layers of the base ranker (paper 2)")
     a("--base-hidden", type=int, default=128, help="width of the base ranker (paper 128)")
-    a("--epochs", type=int, default=None, help="fine-tuning epochs of every trained model, the same fixed count "
-      "for every method and model, no early stopping (the paper's fixed budget; presets: where validation NDCG "
-      "has converged, synthetic 30, mslr 20: W-COS validation NDCG@10 at the unit weights levels off by 20)")
+    a("--epochs", type=int, default=None, help="fine-tuning epochs of one baseline model (every model of DPO-LS, "
+      "DPO Soup, MO-DPO); fixed, no early stopping (the paper's fixed budget)")
+    a("--min-steps", type=int, default=None, help="at least this many steps for one baseline model, whatever "
+      "--epochs gives: a small dataset has few batches an epoch")
+    a("--cos-budget", type=float, default=3.0, help="a W-COS / T-COS model trains this many times the steps of one "
+      "baseline model (Table 1's times: 3)")
     a("--base-epochs", type=int, default=None, help="most ListNet epochs of the base ranker (see --base-patience)")
     a("--base-patience", type=int, default=3, help="stop the base ranker after this many epochs without a better "
       "validation NDCG@10; the best epoch is kept (3: beyond the epoch-to-epoch noise of validation NDCG)")
@@ -94,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--vertex-prob", type=float, default=0.0, help="variant (issue 13): probability that a step's w is a unit "
       "vector e_j, j uniform, instead of a Dir(alpha) draw (paper: 0)")
     a("--num-weights", type=int, default=11, help="evaluation weights (paper: 11)")
-    a("--idcg-zero", type=float, default=0.0, help="NDCG of a query whose ideal DCG is 0 (nan = skip it)")
+    a("--idcg-zero", type=float, default=0.0, help="NDCG of a query whose ideal DCG is 0: 0 as TF-Ranking, 1 as allRank and LightGBM, nan = skip it")
     a("--base", default=None, help="base checkpoint: reused when it exists (same data), else trained and saved "
       "there (default: OUT/base.pt, reused only when its settings match too)")
     a("--out", default="runs/ltr", help="output folder")
@@ -126,7 +129,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.beta_range = data_lib.parse_floats(args.beta_range, "beta-range", 2)
     if args.beta_range[0] > args.beta_range[1]:
         raise ValueError(f"--beta-range must be lo,hi with lo <= hi, got {args.beta_range}")
-    for name in ("epochs", "base_epochs", "base_patience", "max_docs", "max_list_len", "num_weights", "layers", "hidden",
+    if not args.cos_budget > 0:
+        raise ValueError(f"--cos-budget must be > 0, got {args.cos_budget}")
+    for name in ("epochs", "min_steps", "base_epochs", "base_patience", "max_docs", "max_list_len", "num_weights", "layers", "hidden",
                  "base_layers", "base_hidden", "log_every", "eval_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -152,10 +157,16 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 # ---- helpers: seeding, logging, scoring ------------------------------------------------------------------
 def seeded(seed: int) -> np.random.Generator:
     """The one seeding block, run before every model: torch's RNG (initialisation, dropout) and the numpy
-    Generator of the w and beta draws. So each model depends on --seed alone, and --resume restores both
-    states; batches are shuffled with seed * 1000 + epoch, so an epoch's order needs no saved state."""
+    Generator of the w and beta draws, child 0 of numpy.random.SeedSequence(seed). So each model depends on
+    --seed alone, and --resume restores both states."""
     torch.manual_seed(seed)
-    return np.random.default_rng(seed + 1)
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+
+
+def epoch_seed(seed: int, epoch: int) -> np.random.SeedSequence:
+    """The batch order and list cuts of one epoch: child (1, epoch) of SeedSequence(seed), a stream independent
+    of the w / beta draws and of every other epoch's, so an epoch's batches need no saved state."""
+    return np.random.SeedSequence(seed, spawn_key=(1, epoch))
 
 
 def log_to(path: str) -> Callable[[str], None]:
@@ -222,7 +233,7 @@ def train_base(args, splits, stats, log) -> Ranker:
     for epoch in range(args.base_epochs):
         model.train()
         batches = data_lib.make_batches(splits["train"], args.max_docs, shuffle=True,
-                                        max_list_len=args.max_list_len, seed=args.seed * 1000 + epoch)
+                                        max_list_len=args.max_list_len, seed=epoch_seed(args.seed, epoch))
         total = 0.0
         for batch in progress(batches, f"base epoch {epoch + 1}", args):
             batch = to_device(batch, args.device)
@@ -258,32 +269,42 @@ def train_base(args, splits, stats, log) -> Ranker:
 # ---- stage 2: fine-tuning. A "job" is one model to train; COS-DPO has one job, the baselines several -------
 @dataclass
 class Job:
-    """One model to train: fixed_w None = COS-DPO (w sampled every step), else the model's own weight."""
+    """One model to train for `steps` steps: fixed_w None = COS-DPO (w sampled every step), else the model's own w."""
     name: str
     config: RankerConfig
+    steps: int
     fixed_w: Optional[list] = None
     modpo: bool = False  # train with the MO-DPO loss (Eq. 17) against the unit models
 
 
-def make_jobs(args, weights: np.ndarray) -> list[Job]:
-    """The models a method trains (App. A.1): every model gets the same epochs (the per-model budget rule)."""
+def baseline_steps(args, steps_per_epoch: int) -> int:
+    """Steps of one baseline model: --epochs epochs, but at least --min-steps, so that a small dataset (few batches
+    an epoch) does not starve the models of updates."""
+    return max(args.epochs * steps_per_epoch, args.min_steps)
+
+
+def make_jobs(args, weights: np.ndarray, steps: int) -> list[Job]:
+    """The models a method trains (App. A.1). Every baseline model trains `steps` steps; the one COS-DPO model
+    trains --cos-budget times as many (Table 1's times: one W-COS-DPO model takes about 3x one DPO-LS model)."""
     m = len(args.objectives)
+    cos_steps = round(args.cos_budget * steps)
 
     def cfg(conditioned: bool, temperature: bool = False) -> RankerConfig:
         return RankerConfig(num_features=data_lib.NUM_INPUTS, hidden=args.hidden, layers=args.layers,
                             dropout=args.dropout, num_objectives=m if conditioned else 0, temperature_input=temperature,
                             parametrization=args.parametrization, film=args.film and conditioned)
-    units = [Job(f"unit{j + 1}", cfg(False), fixed_w=np.eye(m)[j].tolist()) for j in range(m)]
+    units = [Job(f"unit{j + 1}", cfg(False), steps, fixed_w=np.eye(m)[j].tolist()) for j in range(m)]
     if args.method == "wcos":
-        return [Job("wcos", cfg(True))]
+        return [Job("wcos", cfg(True), cos_steps)]
     if args.method == "tcos":
-        return [Job("tcos", cfg(True, temperature=True))]
+        return [Job("tcos", cfg(True, temperature=True), cos_steps)]
     if args.method == "ls":  # DPO-LS: one model per evaluation weight
-        return [Job(f"ls{i + 1}", cfg(False), fixed_w=w.tolist()) for i, w in enumerate(weights)]
+        return [Job(f"ls{i + 1}", cfg(False), steps, fixed_w=w.tolist()) for i, w in enumerate(weights)]
     if args.method == "soup":  # DPO Soup: m unit models, parameters interpolated at evaluation
         return units
     # MO-DPO: m unit models, then one model per evaluation weight trained with Eq. 17
-    return units + [Job(f"modpo{i + 1}", cfg(False), fixed_w=w.tolist(), modpo=True) for i, w in enumerate(weights)]
+    modpo = [Job(f"modpo{i + 1}", cfg(False), steps, fixed_w=w.tolist(), modpo=True) for i, w in enumerate(weights)]
+    return units + modpo
 
 
 def step_loss(args, model: Ranker, batch, ref: torch.Tensor, job: Job, rng: np.random.Generator,
@@ -329,38 +350,68 @@ def step_loss(args, model: Ranker, batch, ref: torch.Tensor, job: Job, rng: np.r
     return loss, L.detach().cpu()
 
 
-def fine_tune(args, job: Job, splits, ref: dict, log, save: Callable, state: Optional[dict] = None,
-              units: Optional[torch.Tensor] = None) -> None:
-    """Train the model of one job up to args.epochs epochs; save(entry) after every epoch.
+@dataclass
+class Frozen:
+    """The frozen rankers a fine-tuning step compares against, with their scores computed once on whole lists:
+    the base model s0 (ref: {"train": (N,), "vali": (N,)}) and, for MO-DPO, the m unit models (unit_train (N, m))."""
+    base: Ranker
+    ref: dict
+    units: Optional[list] = None
+    unit_train: Optional[torch.Tensor] = None
+
+
+def on_training_lists(table: torch.Tensor, batch, score: Callable) -> torch.Tensor:
+    """Frozen scores of a training batch, (B, n) or (B, n, m): table[batch.index] from the scores on whole lists,
+    except for the lists make_batches cut to --max-list-len, which score(features, mask, cut) scores as cut. The
+    ranker attends across its list, so a document's score depends on the documents beside it: Eq. 8's
+    beta * (s_theta - s0) must compare two scores of the document in the same list."""
+    out = table[batch.index]
+    if batch.cut.any():
+        with torch.no_grad():
+            out[batch.cut] = score(batch.features[batch.cut], batch.mask[batch.cut], batch.cut)
+    return out
+
+
+def frozen_scores(frozen: Frozen, batch) -> tuple:
+    """(s0 (B, n), MO-DPO's unit-model scores (B, n, m) or None) on the lists of a training batch."""
+    ref = on_training_lists(frozen.ref["train"], batch, lambda features, mask, cut: frozen.base(features, mask))
+    if frozen.units is None:
+        return ref, None
+
+    def unit_scores(features, mask, cut):
+        return torch.stack([unit(features, mask, ref_scores=ref[cut]) for unit in frozen.units], -1)
+    return ref, on_training_lists(frozen.unit_train, batch, unit_scores)
+
+
+def fine_tune(args, job: Job, splits, frozen: Frozen, log, save: Callable, state: Optional[dict] = None) -> None:
+    """Train the model of one job for job.steps steps; save(entry) after every epoch and after the last step.
 
     The entry holds everything to rebuild the model and to continue training (--resume): name, weight,
     model config and weights, optimizer and RNG states, epoch, step, seconds. state: such an entry to
-    continue from. ref: {"train": (N,), "vali": (N,)} frozen base scores. units: (N_train, m) MO-DPO only.
+    continue from (always saved at the end of an epoch, so training continues with the next epoch).
     """
     rng = seeded(args.seed)
     model = Ranker(job.config).to(args.device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    epoch0, step, seconds = 0, 0, 0.0
+    epoch, step, seconds = 0, 0, 0.0
     if state is not None:
         model.load_state_dict(state["model_state"])
         opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-        epoch0, step, seconds = state["epoch"], state["step"], state["seconds"]
-        log(f"[{job.name}] resuming after epoch {epoch0} (step {step})")
-    ref_train = ref["train"].to(args.device)
-    units = None if units is None else units.to(args.device)
-    for epoch in range(epoch0, args.epochs):
+        epoch, step, seconds = state["epoch"], state["step"], state["seconds"]
+        log(f"[{job.name}] resuming after epoch {epoch} (step {step})")
+    while step < job.steps:
         model.train()
         t_epoch = t_log = time.perf_counter()
         docs = steps_log = 0
-        epoch_loss = 0.0
+        losses = []
         batches = data_lib.make_batches(splits["train"], args.max_docs, shuffle=True,
-                                        max_list_len=args.max_list_len, seed=args.seed * 1000 + epoch)
-        for batch in progress(batches, f"{job.name} epoch {epoch + 1}", args):
+                                        max_list_len=args.max_list_len, seed=epoch_seed(args.seed, epoch))
+        for batch in progress(batches[:job.steps - step], f"{job.name} epoch {epoch + 1}", args):
             batch = to_device(batch, args.device)
-            loss, L = step_loss(args, model, batch, ref_train[batch.index], job, rng,
-                                None if units is None else units[batch.index])
+            ref, units = frozen_scores(frozen, batch)
+            loss, L = step_loss(args, model, batch, ref, job, rng, units)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"[{job.name}] loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}); "
                                     "stopped, the last good checkpoint is kept. Try a lower --lr or --beta.")
@@ -369,7 +420,7 @@ def fine_tune(args, job: Job, splits, ref: dict, log, save: Callable, state: Opt
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             step, steps_log, docs = step + 1, steps_log + 1, docs + int(batch.mask.sum())
-            epoch_loss += loss.item()
+            losses.append(loss.item())
             if step % args.log_every == 0:
                 dt = time.perf_counter() - t_log
                 log(f"[{job.name}] step {step:6d} | epoch {epoch + 1:3d} | loss {loss.item():8.4f} | "
@@ -378,14 +429,15 @@ def fine_tune(args, job: Job, splits, ref: dict, log, save: Callable, state: Opt
                 t_log, docs, steps_log = time.perf_counter(), 0, 0
         epoch_seconds = time.perf_counter() - t_epoch
         seconds += epoch_seconds
+        epoch += 1
         model.eval()
-        line = f"[{job.name}] epoch {epoch + 1:3d} | mean loss {epoch_loss / len(batches):.4f} | {epoch_seconds:5.1f} s"
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            line += " | " + validation_line(args, model, job, splits, ref)
+        line = f"[{job.name}] epoch {epoch:3d} | mean loss {np.mean(losses):.4f} | {epoch_seconds:5.1f} s"
+        if epoch % args.eval_every == 0 or step == job.steps:
+            line += " | " + validation_line(args, model, job, splits, frozen.ref)
         log(line)
         save(dict(name=job.name, fixed_w=job.fixed_w, model_config=job.config.to_dict(),
                   model_state=copy.deepcopy(model.state_dict()), optimizer=copy.deepcopy(opt.state_dict()),
-                  rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), epoch=epoch + 1, step=step,
+                  rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(), epoch=epoch, step=step,
                   seconds=seconds))
 
 
@@ -448,8 +500,8 @@ def train(args) -> dict:
         log("[base] reusing the base model stored in the checkpoint being resumed")
     base = ranker_from(old["base"], args.device) if old else train_base(args, splits, stats, log)
     t0 = time.perf_counter()
-    ref = {"train": split_scores(base, pareto.EvalSplit(splits["train"], args.max_docs), args),
-           "vali": split_scores(base, splits["vali"], args)}  # s0, computed once
+    ref = {"train": split_scores(base, pareto.EvalSplit(splits["train"], args.max_docs), args).to(args.device),
+           "vali": split_scores(base, splits["vali"], args)}  # s0 on whole lists, computed once
     log(f"[base] reference scores of {sum(len(r) for r in ref.values())} documents computed once "
         f"({time.perf_counter() - t0:.1f} s)")
 
@@ -460,22 +512,27 @@ def train(args) -> dict:
     elif os.path.exists(path):
         log(f"note: replacing the earlier run in {path} (pass --resume to continue it instead)")
 
-    units = None
-    for i, job in enumerate(make_jobs(args, weights)):
+    steps_per_epoch = len(data_lib.make_batches(splits["train"], args.max_docs, max_list_len=args.max_list_len))
+    steps = baseline_steps(args, steps_per_epoch)
+    log(f"[budget] {steps_per_epoch} steps an epoch: {steps} steps a baseline model, {round(args.cos_budget * steps)} "
+        f"a COS-DPO model (--epochs {args.epochs}, --min-steps {args.min_steps}, --cos-budget {args.cos_budget:g})")
+    frozen = Frozen(base, ref)
+    for i, job in enumerate(make_jobs(args, weights, steps)):
         state = ckpt["jobs"][i] if i < len(ckpt["jobs"]) else None
-        if state is not None and state["epoch"] >= args.epochs:
+        if state is not None and state["step"] >= job.steps:
             continue  # finished before this --resume
-        if job.modpo and units is None:  # the m unit models' scores on the training lists, computed once
+        if job.modpo and frozen.units is None:  # the m unit models' scores on the training lists, computed once
+            frozen.units = [ranker_from(unit, args.device) for unit in ckpt["jobs"][:m]]
             train_split = pareto.EvalSplit(splits["train"], args.max_docs)
-            units = torch.stack([split_scores(ranker_from(unit, args.device), train_split, args, ref["train"])
-                                 for unit in ckpt["jobs"][:m]], -1)  # (N, m)
+            frozen.unit_train = torch.stack([split_scores(unit, train_split, args, ref["train"])
+                                             for unit in frozen.units], -1).to(args.device)  # (N, m)
 
         def save(entry, i=i):  # after every epoch: the job's entry replaces its previous one, atomically
             ckpt["jobs"][i:i + 1] = [entry]
             data_lib.atomic_save(ckpt, path)
-        log(f"[{job.name}] training {count_parameters(Ranker(job.config)):,} parameters for {args.epochs} epochs"
+        log(f"[{job.name}] training {count_parameters(Ranker(job.config)):,} parameters for {job.steps} steps"
             + ("" if job.fixed_w is None else f" at w={np.round(job.fixed_w, 3).tolist()}"))
-        fine_tune(args, job, splits, ref, log, save, state, units)
+        fine_tune(args, job, splits, frozen, log, save, state)
     ckpt["complete"] = True
     data_lib.atomic_save(ckpt, path)
 
@@ -488,7 +545,11 @@ def train(args) -> dict:
                    weights=weights.tolist(), **result, hv_ref=[0.0] * m,
                    train_seconds=sum(job["seconds"] for job in ckpt["jobs"]),
                    num_params=sum(count_parameters(mdl) for mdl in trained.models), beta=args.beta, k=10,
-                   idcg_zero=args.idcg_zero, dataset=args.dataset, fold=args.fold, seed=args.seed, epochs=args.epochs,
+                   idcg_zero=args.idcg_zero, dataset=args.dataset, fold=args.fold, seed=args.seed,
+                   budget=dict(epochs=args.epochs, min_steps=args.min_steps, cos_budget=args.cos_budget,
+                               steps_per_epoch=steps_per_epoch, baseline_steps=steps),
+                   jobs=[dict(name=j["name"], steps=j["step"], epochs=j["epoch"], seconds=j["seconds"])
+                         for j in ckpt["jobs"]],
                    data_fingerprint=stats["fingerprint"], config=vars(args))
     data_lib.atomic_save(results, os.path.join(args.out, "results.json"))
     log(summary_table(results))

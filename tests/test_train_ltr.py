@@ -16,7 +16,8 @@ import train_ltr
 from models import TrainedRanker, ranker_from
 
 TINY = ["--epochs", "3", "--base-epochs", "2", "--hidden", "16", "--base-hidden", "16", "--layers", "1",
-        "--base-layers", "1", "--max-docs", "1024", "--log-every", "5", "--eval-every", "1", "--quiet", "--threads", "1"]
+        "--base-layers", "1", "--max-docs", "1024", "--log-every", "5", "--eval-every", "1", "--quiet", "--threads", "1",
+        "--min-steps", "1"]
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +66,9 @@ def epoch_losses(out, name):
 def wcos_run(small_data, tmp_path_factory):
     """One W-COS-DPO run shared by the tests that read its outputs."""
     out = str(tmp_path_factory.mktemp("wcos"))
-    assert run(["--data-dir", small_data, "--out", out, "--epochs", "30", "--base-epochs", "4", "--base-hidden", "32",
-                "--max-docs", "2048", "--log-every", "50", "--eval-every", "10", "--quiet", "--threads", "1"]) == 0
+    assert run(["--data-dir", small_data, "--out", out, "--epochs", "10", "--base-epochs", "4", "--base-hidden", "32",
+                "--max-docs", "2048", "--log-every", "50", "--eval-every", "10", "--quiet", "--threads", "1",
+                "--min-steps", "1"]) == 0  # W-COS-DPO: 3 x 10 epochs
     return out
 
 
@@ -165,12 +167,12 @@ def test_same_seed_same_numbers_and_resume(tiny_data, tmp_path):
     assert run(["--data-dir", tiny_data, "--out", b] + TINY) == 0
     keys = ("aux_ndcg", "main_ndcg", "hypervolume")
     assert {k: results_of(a)[k] for k in keys} == {k: results_of(b)[k] for k in keys}
-    # stop after 1 of 3 epochs, then --resume: the same model as the uninterrupted run
+    # stop after 3 of 9 epochs (W-COS-DPO: 3 x --epochs), then --resume: the same model as the uninterrupted run
     tiny1 = TINY.copy()
     tiny1[1] = "1"
     assert run(["--data-dir", tiny_data, "--out", c] + tiny1) == 0
     assert run(["--data-dir", tiny_data, "--out", c, "--resume"] + TINY) == 0
-    assert "resuming after epoch 1" in open(os.path.join(c, "train.log")).read()
+    assert "resuming after epoch 3 " in open(os.path.join(c, "train.log")).read()
     assert "reusing" in open(os.path.join(c, "train.log")).read()  # the base model is not retrained
     assert {k: results_of(c)[k] for k in keys} == {k: results_of(a)[k] for k in keys}
 
@@ -222,7 +224,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     assert run(["--data-dir", tiny_data, "--out", out, "--resume"] + TINY) == 1
     assert "loss became nan" in capsys.readouterr().err
     kept = torch.load(os.path.join(out, "model.pt"), weights_only=True)
-    assert kept["jobs"][0]["epoch"] == 1
+    assert kept["jobs"][0]["step"] == good["jobs"][0]["step"]
     for k, v in good["jobs"][0]["model_state"].items():
         assert torch.equal(v, kept["jobs"][0]["model_state"][k])
 
@@ -314,7 +316,7 @@ def test_one_w_per_list_variant(tiny_data, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = train_ltr.Ranker(train_ltr.RankerConfig(hidden=8, layers=1, heads=2, num_objectives=2))
     ref = torch.randn(batch.mask.shape)
-    job = train_ltr.Job("wcos", model.config)
+    job = train_ltr.Job("wcos", model.config, steps=1)
     monkeypatch.setattr(train_ltr, "sample_weights", lambda alpha, num, *_: torch.tensor([[0.3, 0.7]] * num))
     per_step, _ = train_ltr.step_loss(args, model, batch, ref, job, None)
     args.w_per_list = True
@@ -332,7 +334,7 @@ def test_penalty_sign_in_training(tiny_data, monkeypatch):
     ref = torch.randn(batch.mask.shape)
     w = torch.tensor([0.3, 0.7])
     monkeypatch.setattr(train_ltr, "sample_weights", lambda alpha, num, *_: w.expand(num, 2))
-    job = train_ltr.Job("wcos", model.config)
+    job = train_ltr.Job("wcos", model.config, steps=1)
 
     def loss_at(penalty, job=job):
         args = train_ltr.resolve_args(train_ltr.build_parser().parse_args(["--data-dir", tiny_data]))
@@ -343,7 +345,7 @@ def test_penalty_sign_in_training(tiny_data, monkeypatch):
     torch.testing.assert_close(plain, w @ L)
     torch.testing.assert_close(loss_at(0.2)[0], w @ L - 0.2 * cos)
     torch.testing.assert_close(loss_at(-0.2)[0], w @ L + 0.2 * cos)
-    unit = train_ltr.Job("unit1", model.config, fixed_w=[0.3, 0.7])  # a baseline's model: no penalty
+    unit = train_ltr.Job("unit1", model.config, steps=1, fixed_w=[0.3, 0.7])  # a baseline's model: no penalty
     torch.testing.assert_close(loss_at(0.2, unit)[0], plain)
 
 
@@ -381,3 +383,70 @@ def test_film_and_vertex_prob_train_resume_and_are_checked(tiny_data, tmp_path, 
                            (["--film", "--method", "soup"], "--method soup has none")):
         assert run(base + extra) == 2, extra
         assert message in capsys.readouterr().err, extra
+
+
+@pytest.mark.parametrize("method", ["wcos", "modpo"])
+def test_frozen_scores_come_from_the_list_the_model_scores(method, tiny_data, tmp_path, monkeypatch):
+    """beta * (s_theta - s0) in Eq. 8 compares two scores of one document in one list. A training list longer than
+    --max-list-len is cut to a random subset; the ranker attends across the list, so s0 (and MO-DPO's unit-model
+    scores, Eq. 17) must be the frozen models' scores on the cut list, not on the whole one."""
+    events = []
+    make_batches = data_lib.make_batches
+
+    def spy_batches(*args, **kwargs):
+        batches = make_batches(*args, **kwargs)
+        if kwargs.get("shuffle"):
+            events.append(("batches", batches))
+        return batches
+
+    def spy(name, real):
+        def wrapped(*args, **kwargs):
+            events.append((name, [a.detach().clone() if torch.is_tensor(a) else a for a in args]))
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(data_lib, "make_batches", spy_batches)
+    monkeypatch.setattr(train_ltr, "lipo_losses", spy("lipo", train_ltr.lipo_losses))
+    monkeypatch.setattr(train_ltr, "modpo_loss", spy("modpo", train_ltr.modpo_loss))
+    out = str(tmp_path / method)
+    args = ["--data-dir", tiny_data, "--out", out, "--method", method, "--max-list-len", "8", *TINY]
+    assert run(args + ["--epochs", "1", "--num-weights", "3"]) == 0
+    ckpt = torch.load(os.path.join(out, "model.pt"), weights_only=True)
+    base = ranker_from(ckpt["base"])
+    splits, _ = data_lib.load_ltr(tiny_data, objectives=("I", "II"))
+    whole = pareto.EvalSplit(splits["train"]).scores(lambda b: base(b.features, b.mask))  # s0 on whole lists
+
+    kind = "modpo" if method == "modpo" else "lipo"
+    at = next(i for i, (name, _) in enumerate(events) if name == kind)
+    batch = [b for name, b in events[:at] if name == "batches"][-1][0]  # the batch of that first step
+    used = events[at][1]
+    assert (batch.mask.sum(1) == 8).any()  # some list of the batch was cut to 8 documents
+    with torch.no_grad():
+        cut = base(batch.features, batch.mask)  # s0 on the lists as the model sees them
+        if method == "wcos":
+            ref = used[1]  # lipo_losses(scores, ref_scores, ...)
+            torch.testing.assert_close(ref[batch.mask], cut[batch.mask])
+            assert not torch.allclose(whole[batch.index][batch.mask], cut[batch.mask], atol=1e-4)  # a real difference
+        else:
+            units = used[2]  # modpo_loss(scores, ref_scores, unit_scores, ...)
+            expected = torch.stack([ranker_from(job)(batch.features, batch.mask) for job in ckpt["jobs"][:2]], -1)
+            torch.testing.assert_close(used[1][batch.mask], cut[batch.mask])
+            torch.testing.assert_close(units[batch.mask], expected[batch.mask])
+
+
+def test_budget_cos_dpo_trains_three_baseline_models_and_small_data_gets_a_floor(tiny_data, tmp_path):
+    """Table 1's times: one W-COS-DPO model trains about 3x one baseline model. A baseline model trains --epochs
+    epochs, but at least --min-steps steps; results.json records the budget and the steps each model took."""
+    per_epoch = len(data_lib.make_batches(data_lib.load_ltr(tiny_data)[0]["train"], 1024, max_list_len=256))
+    for min_steps, baseline in (("1", 2 * per_epoch), ("40", 40)):
+        runs = {}
+        for method in ("soup", "wcos"):
+            out = str(tmp_path / f"{method}{min_steps}")
+            assert run(["--data-dir", tiny_data, "--out", out, "--method", method, *TINY, "--epochs", "2",
+                        "--min-steps", min_steps]) == 0
+            runs[method] = results_of(out)
+        assert runs["soup"]["budget"]["baseline_steps"] == baseline
+        assert [j["steps"] for j in runs["soup"]["jobs"]] == [baseline, baseline]
+        assert [j["steps"] for j in runs["wcos"]["jobs"]] == [3 * baseline]
+        assert runs["wcos"]["budget"]["cos_budget"] == 3.0
+        assert runs["wcos"]["jobs"][0]["epochs"] == -(-3 * baseline // per_epoch)  # the last epoch may be partial
