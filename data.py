@@ -57,10 +57,13 @@ def _atomic_open(path: str):
 
 
 def atomic_save(obj, path) -> None:
-    """Save atomically by suffix: .json -> json (indent 1), .npz -> np.savez of a dict of arrays, else torch.save."""
+    """Save atomically: a str as UTF-8 text; else by suffix: .json -> json (indent 1), .npz -> np.savez of a dict of
+    arrays, anything else torch.save."""
     path = os.fspath(path)
     with _atomic_open(path) as f:
-        if path.endswith(".json"):
+        if isinstance(obj, str):
+            f.write(obj.encode())
+        elif path.endswith(".json"):
             f.write((json.dumps(obj, indent=1) + "\n").encode())
         elif path.endswith(".npz"):
             np.savez(f, **obj)

@@ -7,6 +7,7 @@ an LLM both are sequence log-probs log p(y|x), for a ranker its outputs. The sam
 Shapes: B groups (lists / pairs), n items per group (padded; mask True = real item), m objectives.
 The functions trust their caller: the command line and the file readers validate.
 """
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,7 @@ def normalize_labels(labels, mask=None, label_norm="l1"):
     """Label normalisation z -> zhat over the real items of each list (Sec. 2.2, Eq. 7-8).
 
     labels: (..., n); mask: (..., n) bool or None (all real), broadcastable to labels.
-      "l1"      zhat = z / sum(z)   sparse labels (clicks, binary preferences); labels must be >= 0.
+      "l1"      zhat = z / sum(z)   sparse labels (clicks, binary preferences); labels >= 0 (data.transform_aux checks).
       "softmax" zhat = softmax(z)   dense labels.
     Returns zhat (..., n), exactly 0 at padding, and has_pref (...) bool: False for a list that states no
     preference (all-zero labels under "l1", or fewer than two real items: nothing to order, our choice).
@@ -38,15 +39,11 @@ def normalize_labels(labels, mask=None, label_norm="l1"):
     has_pref = mask.sum(-1) >= 2
     if label_norm == "l1":
         z = labels.masked_fill(~mask, 0.0)
-        if (z < 0).any():  # SPEC 2.1: a negative click count is a data error, not a preference
-            raise ValueError('labels must be >= 0 for label_norm="l1" (use "softmax" for signed labels)')
         total = z.sum(-1, keepdim=True)
         has_pref = has_pref & (total.squeeze(-1) > 0)
         zhat = z / total.clamp_min(torch.finfo(z.dtype).tiny)
-    elif label_norm == "softmax":
+    else:  # "softmax"
         zhat = torch.softmax(_fill_padding(labels, mask), -1)
-    else:
-        raise ValueError(f'label_norm must be "l1" or "softmax", got {label_norm!r}')
     return zhat * has_pref.unsqueeze(-1), has_pref.expand(labels.shape[:-1])
 
 
@@ -56,6 +53,12 @@ def _fill_padding(logits, mask):
     return logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
 
 
+def _listwise_cross_entropy(zhat, logits, mask):
+    """- sum_i zhat_i log softmax_i(logits) over the real items; zhat = 0 at padding, so the finite log p there
+    never counts."""
+    return -(zhat * torch.log_softmax(_fill_padding(logits, mask), -1)).sum(-1)
+
+
 def lipo_loss(scores, ref_scores, labels, beta, mask=None, label_norm="l1"):
     """Listwise DPO (LiPO) loss for one objective, Eq. 8, per list:
 
@@ -63,13 +66,13 @@ def lipo_loss(scores, ref_scores, labels, beta, mask=None, label_norm="l1"):
 
     scores, ref_scores, labels: (B, n) (any leading shape works); mask: (B, n) bool or None;
     beta > 0: float or (B,). Returns (B,); 0 for a list without a preference (see `normalize_labels`).
+    With n = 2, labels (1, 0) and "l1" it is the pairwise DPO loss of Eq. 5 (`dpo_loss`; a test shows it).
     """
     if mask is None:
         mask = torch.ones_like(scores, dtype=torch.bool)
     beta = torch.as_tensor(beta, dtype=scores.dtype, device=scores.device).unsqueeze(-1)  # (1,) or (B, 1)
     zhat, _ = normalize_labels(labels, mask, label_norm)
-    logp = torch.log_softmax(_fill_padding(beta * (scores - ref_scores), mask), -1)
-    return -(zhat * logp).sum(-1)  # zhat = 0 at padding, so the finite log p there never counts
+    return _listwise_cross_entropy(zhat, beta * (scores - ref_scores), mask)
 
 
 def listnet_loss(scores, labels, mask=None, label_norm="softmax"):
@@ -84,32 +87,35 @@ def listnet_loss(scores, labels, mask=None, label_norm="softmax"):
 def _by_norm(label_norm, m):
     """{label_norm: [objective indices]}: a string for all m objectives or one string per objective."""
     norms = [label_norm] * m if isinstance(label_norm, str) else list(label_norm)
-    assert len(norms) == m, f"label_norm needs one string per objective ({m}), got {norms}"
     return {norm: [j for j in range(m) if norms[j] == norm] for norm in norms}
 
 
-def lipo_losses(scores, ref_scores, labels, beta, mask=None, label_norm="l1"):
+def lipo_losses(scores, ref_scores, labels, beta, mask=None, label_norm="l1", return_valid=False):
     """The vector of per-objective LiPO losses L_LiPO = (L^1, ..., L^m), Eq. 11, per list.
 
     scores, ref_scores: (B, n); labels: (B, n, m), labels[..., j] = z^j; mask: (B, n) bool or None.
     beta: float, (m,) (objective j at its own beta_j) or (B, m) (one row per list).
     label_norm: a string, or one per objective (e.g. ("l1", "softmax")).
     Returns (B, m); column j = lipo_loss(scores, ref_scores, labels[..., j], beta_j, mask, label_norm[j]).
+    return_valid=True: also `has_preference`'s (B, m) mask, from the same label normalisation.
     """
     B, n, m = labels.shape
     beta = torch.as_tensor(beta, dtype=scores.dtype, device=scores.device).expand(B, m)
     z = labels.movedim(-1, 1)  # (B, m, n): all objectives of a list in one log-softmax, no loop over lists
-    mask = None if mask is None else mask.unsqueeze(1)  # (B, 1, n)
+    mask = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask
+    margin = (scores - ref_scores).unsqueeze(1)  # (B, 1, n)
     out = scores.new_empty(B, m)
+    valid = torch.empty(B, m, dtype=torch.bool, device=scores.device)
     for norm, js in _by_norm(label_norm, m).items():  # one pass per normalisation (at most two)
-        out[:, js] = lipo_loss(scores.unsqueeze(1), ref_scores.unsqueeze(1), z[:, js], beta[:, js], mask, norm)
-    return out
+        zhat, valid[:, js] = normalize_labels(z[:, js], mask.unsqueeze(1), norm)
+        out[:, js] = _listwise_cross_entropy(zhat, beta[:, js, None] * margin, mask.unsqueeze(1))
+    return (out, valid) if return_valid else out
 
 
 def has_preference(labels, mask=None, label_norm="l1"):
     """Which lists state a preference for each objective: labels (B, n, m) -> (B, m) bool.
 
-    Use it with `mean_over_lists` so that lists without a preference (SPEC 2.1) are not counted.
+    Use it with `mean_over_lists` so that lists without a preference are not counted.
     """
     B, n, m = labels.shape
     z, mask = labels.movedim(-1, 1), None if mask is None else mask.unsqueeze(1)  # (B, m, n), (B, 1, n)
@@ -148,8 +154,9 @@ def cosine_penalty(losses, w, eps=1e-12):
 
 
 # MO-DPO baseline (App. A.1) ----------------------------------------------------------------------------
-def modpo_loss(scores, ref_scores, unit_scores, labels, w, objective, beta, mask=None, label_norm="l1",
-               min_weight=0.05):
+def modpo_loss(
+    scores, ref_scores, unit_scores, labels, w, objective, beta, mask=None, label_norm="l1", min_weight=0.05
+):
     """MO-DPO loss (Zhou et al. 2023) in listwise form, App. A.1, Eq. 17, for objective i = `objective`:
 
         r_i = (1 / w_i) * ( s_theta - s0 - sum_{i' != i} w_i' * (s_{theta, e_i'} - s0) )
@@ -161,8 +168,10 @@ def modpo_loss(scores, ref_scores, unit_scores, labels, w, objective, beta, mask
     trainer uses objective = w.argmax(), so w_i >= 1/m.
     """
     if w[objective] < min_weight:
-        raise ValueError(f"MO-DPO needs w[objective] >= {min_weight} (1/w_i diverges), got w = {w.tolist()}; "
-                         f"use objective = w.argmax()")
+        raise ValueError(
+            f"MO-DPO needs w[objective] >= {min_weight} (1/w_i diverges), got w = {w.tolist()}; use "
+            f"objective = w.argmax()"
+        )
     others = w.clone()
     others[objective] = 0.0
     margin = ((unit_scores - ref_scores.unsqueeze(-1)) * others).sum(-1)  # (B, n)
@@ -206,7 +215,7 @@ def sample_weights(alpha, num, generator=None, vertex_prob=0.0):
 
     alpha: length-m concentrations > 0 (paper: robust for 0.2-1.0, App. A.6.1). generator: a
     numpy.random.Generator (continued in place; to resume, save and restore rng.bit_generator.state),
-    an int seed, or None (fresh entropy). vertex_prob (issue 13 variant, paper 0): with this probability
+    an int seed, or None (fresh entropy). vertex_prob (a variant, paper 0): with this probability
     every row is replaced by one unit vector e_j, j uniform, so that more steps train the front's ends.
     """
     rng = np.random.default_rng(generator)  # returns a Generator unchanged

@@ -7,6 +7,7 @@
     HyperPrompt & co.  Sec. 4.2, Fig. 4: further below (LLM alignment).
 The models map inputs to scores (or log-probs); `losses.py` maps scores to losses (and holds Eq. 14-15).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,19 +26,22 @@ CHECKPOINT_VERSION = 2  # train_ltr.py's base.pt / model.pt (2: plain values onl
 @dataclass
 class RankerConfig:
     """Shape of a Ranker; saved in every checkpoint so that the model can be rebuilt from the file alone."""
-    num_features: int = 131       # MSLR-WEB10K: features 1..131 are the inputs (App. A.4)
-    hidden: int = 64              # paper: 128 for the base model, 64 for the conditioned model
-    layers: int = 2               # paper: 2 (depth 1-5 studied in App. A.6.2; T-COS uses 5, App. A.8)
-    heads: int = 4                # hidden must be a multiple of heads
-    ff_mult: int = 2              # feed-forward width = ff_mult * hidden (not given in the paper)
+
+    num_features: int = 131  # MSLR-WEB10K: features 1..131 are the inputs (App. A.4)
+    hidden: int = 64  # paper: 128 for the base model, 64 for the conditioned model
+    layers: int = 2  # paper: 2 (depth 1-5 studied in App. A.6.2; T-COS uses 5, App. A.8)
+    heads: int = 4  # hidden must be a multiple of heads
+    ff_mult: int = 2  # feed-forward width = ff_mult * hidden (not given in the paper)
     dropout: float = 0.0
-    num_objectives: int = 0       # m: length of w fed to the network (0 = unconditioned, e.g. the base model)
+    num_objectives: int = 0  # m: length of w fed to the network (0 = unconditioned, e.g. the base model)
     temperature_input: bool = False  # Temperature-COS: beta_bar (length m) is fed to the network too
-    parametrization: str = "scratch"  # "scratch": s = net(y, w); "augment": s = s0(y) + net(y, w) (App. A.6.3)
-    film: bool = False            # also FiLM every layer on w (issue 13 variant; needs num_objectives > 0)
+    # "scratch": s = net(y, w); "augment": s = s0(y) + net(y, w) (App. A.6.3)
+    parametrization: str = "scratch"
+    film: bool = False  # a variant: also FiLM every layer on w (needs num_objectives > 0)
 
     @property
-    def input_dim(self) -> int:  # features plus the conditioning inputs concatenated to every document (Sec. 4.1)
+    def input_dim(self) -> int:
+        """Features plus the conditioning inputs concatenated to every document (Sec. 4.1)."""
         return self.num_features + self.num_objectives * (2 if self.temperature_input else 1)
 
     def to_dict(self) -> dict:
@@ -53,36 +57,58 @@ class Ranker(nn.Module):
         super().__init__()
         self.config = config
         self.input = nn.Linear(config.input_dim, config.hidden)
-        layer = nn.TransformerEncoderLayer(config.hidden, config.heads, config.ff_mult * config.hidden,
-                                           config.dropout, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            config.hidden,
+            config.heads,
+            config.ff_mult * config.hidden,
+            config.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
         # enable_nested_tensor=False: the nested-tensor fast path only applies at inference and warns with norm_first
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.hidden)
         self.head = nn.Linear(config.hidden, 1)
-        if config.film:  # (gamma_l, b_l) for l = 0..L from w; zero at init, so the network starts as the paper's
+        if config.film:
+            # (gamma_l, b_l) for l = 0..L from w; zero at init, so the network starts as the paper's
             self.film = nn.Linear(config.num_objectives, 2 * config.hidden * (config.layers + 1))
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor, w: Optional[torch.Tensor] = None,
-                beta_bar: Optional[torch.Tensor] = None, ref_scores: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        w: Optional[torch.Tensor] = None,
+        beta_bar: Optional[torch.Tensor] = None,
+        ref_scores: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Scores s_theta(y, w | x) (B, n), 0 at padding. features (B, n, d); mask (B, n) bool, True = document;
         w, beta_bar (m,) or (B, m) iff the config conditions on them; ref_scores (B, n) = s0 iff "augment"."""
         B, n, _ = features.shape
-        cond = [v.to(features.dtype).expand(B, -1)[:, None, :].expand(B, n, -1) for v in (w, beta_bar) if v is not None]
-        x = torch.cat([features, *cond], -1)  # (B, n, input_dim): the same w beside every document (Sec. 4.1)
+        inputs = [features]
+        for cond in (w, beta_bar):  # the same w (and beta_bar) beside every document of a list (Sec. 4.1)
+            if cond is not None:
+                inputs.append(cond.to(features.dtype).expand(B, -1)[:, None, :].expand(B, n, -1))
+        x = torch.cat(inputs, -1)  # (B, n, input_dim)
         assert x.shape[-1] == self.config.input_dim, f"got {x.shape[-1]} input columns for {self.config}"
-        mods = [(0.0, 0.0)] * (self.config.layers + 1)  # (gamma_l, b_l) per FiLM site: identity without film
-        if self.config.film:
-            mods = self.film(w.to(x.dtype).expand(B, -1)).view(B, -1, 2, 1, self.config.hidden).movedim(0, 2)
+        film = self.film_modulations(w, B, x.dtype)
         h = self.input(x)  # (B, n, hidden)
-        for layer, (gamma, b) in zip(self.encoder.layers, mods):  # True in the key padding mask = ignore
-            h = layer(h * (1 + gamma) + b, src_key_padding_mask=~mask)
-        gamma, b = mods[-1]
+        for layer, (gamma, b) in zip(self.encoder.layers, film):
+            h = layer(h * (1 + gamma) + b, src_key_padding_mask=~mask)  # True in the padding mask = ignore
+        gamma, b = film[-1]
         scores = self.head(self.norm(h) * (1 + gamma) + b).squeeze(-1)  # (B, n)
         if self.config.parametrization == "augment":
             scores = ref_scores + scores  # s = s0 + delta_s_theta(y, w), s0 frozen (App. A.6.3)
         return scores.masked_fill(~mask, 0.0)
+
+    def film_modulations(self, w: Optional[torch.Tensor], batch_size: int, dtype: torch.dtype):
+        """(gamma_l, b_l) for the L + 1 FiLM sites, each (B, 1, hidden); (0, 0), the identity, without film."""
+        sites = self.config.layers + 1
+        if not self.config.film:
+            return [(0.0, 0.0)] * sites
+        out = self.film(w.to(dtype).expand(batch_size, -1))  # (B, sites * 2 * hidden)
+        return out.view(batch_size, sites, 2, 1, self.config.hidden).movedim(0, 2)  # (sites, 2, B, 1, hidden)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -96,11 +122,19 @@ def interpolate_states(states: Sequence[dict], w: Sequence[float]) -> dict:
     return {k: sum(float(wj) * s[k].float() for wj, s in zip(w, states)) for k in states[0]}
 
 
-def steered_scores(model: Ranker, features: torch.Tensor, mask: torch.Tensor, ref_scores: torch.Tensor, w=None,
-                   c: Optional[float] = None, beta=None) -> torch.Tensor:
+def steered_scores(
+    model: Ranker,
+    features: torch.Tensor,
+    mask: torch.Tensor,
+    ref_scores: torch.Tensor,
+    w=None,
+    c: Optional[float] = None,
+    beta=None,
+) -> torch.Tensor:
     """Scores (B, n) of a trained ranker at weight w (m,), ref_scores (B, n) = s0. W-COS and the baselines:
     Eq. 14 at temperature scale c (None = as trained); T-COS: beta_bar in, output composed by Eq. 15 at c * beta."""
-    cfg, device = model.config, features.device
+    cfg = model.config
+    device = features.device
     w = torch.as_tensor(w, dtype=torch.float32, device=device) if cfg.num_objectives else None
     if cfg.temperature_input:
         beta = torch.as_tensor(beta, dtype=torch.float32, device=device) * (1.0 if c is None else c)
@@ -118,7 +152,7 @@ def ranker_from(entry: dict, device: str = "cpu") -> Ranker:
 
 
 def resolve_device(name: str) -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; "cuda" without a GPU is refused."""
+    """--device: "auto" -> "cuda" when torch sees a GPU, else "cpu"; "cuda" without a GPU is refused."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -134,8 +168,10 @@ def load_checkpoint(path: str, kind: str) -> dict:
     except (FileNotFoundError, IsADirectoryError):
         raise ValueError(f"{path}: no such file; {expected}") from None
     except Exception as err:  # truncated, not a torch file, or pickled objects that could run code
-        unsafe = "Weights only" in str(err)
-        what = "holds more than tensors and plain values" if unsafe else "is truncated or not a torch.save file"
+        if "Weights only" in str(err):
+            what = "holds more than tensors and plain values"
+        else:
+            what = "is truncated or not a torch.save file"
         raise ValueError(f"{path}: cannot be read, it {what} ({type(err).__name__}); {expected}") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != kind:
         found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -148,10 +184,14 @@ class TrainedRanker:
     m units interpolated at w; DPO-LS/MO-DPO: one per ckpt["weights"]). A batch: .features (B, n, d), .mask (B, n)."""
 
     def __init__(self, ckpt: dict, device: str = "cpu"):
-        self.ckpt, self.device = ckpt, device
-        self.method, self.objectives, self.weights = ckpt["method"], ckpt["objectives"], ckpt["weights"]
-        cfg = ckpt["run_config"]
-        self.beta, self.max_docs, self.label_transform = cfg["beta"], cfg["max_docs"], cfg["label_transform"]
+        self.ckpt = ckpt
+        self.device = device
+        self.method = ckpt["method"]
+        self.objectives = ckpt["objectives"]
+        self.weights = ckpt["weights"]
+        self.beta = ckpt["run_config"]["beta"]
+        self.max_docs = ckpt["run_config"]["max_docs"]
+        self.label_transform = ckpt["run_config"]["label_transform"]
         self.base = ranker_from(ckpt["base"], device)
         self.models = [ranker_from(job, device) for job in ckpt["jobs"]]
 
@@ -159,7 +199,9 @@ class TrainedRanker:
     def load(cls, path: str, device: str = "cpu") -> "TrainedRanker":
         ckpt = load_checkpoint(path, "cosdpo-ltr")
         if ckpt["version"] != CHECKPOINT_VERSION:
-            raise ValueError(f"{path}: written by an older train_ltr.py (format {ckpt['version']}); train it again")
+            raise ValueError(
+                f"{path}: written by an older train_ltr.py (format {ckpt['version']}); train it again"
+            )
         if not ckpt["complete"]:
             raise ValueError(f"{path} is from an unfinished run; finish it with --resume first")
         return cls(ckpt, device)
@@ -173,17 +215,22 @@ class TrainedRanker:
             soup.load_state_dict(interpolate_states([mdl.state_dict() for mdl in self.models], w))
             return soup.to(self.device).eval()
         for job, mdl in zip(self.ckpt["jobs"], self.models):  # DPO-LS, MO-DPO: the model trained at w
-            if not job["name"].startswith("unit") and max(abs(a - b) for a, b in zip(job["fixed_w"], w)) <= 1e-6:
+            trained_at_w = max(abs(a - b) for a, b in zip(job["fixed_w"], w)) <= 1e-6
+            if trained_at_w and not job["name"].startswith("unit"):
                 return mdl
-        raise ValueError(f"--method {self.method} has one model per evaluation weight; w={list(w)} is not one "
-                         f"of them: {self.weights}")
+        raise ValueError(
+            f"--method {self.method} has one model per evaluation weight; w={list(w)} is not one of them: "
+            f"{self.weights}"
+        )
 
     @torch.no_grad()
     def scores(self, batch, w, ref: Optional[torch.Tensor] = None, c: Optional[float] = None, beta=None):
         """(B, n) scores at weight w; ref: (B, n) base scores s0 (None: computed); c: Eq. 14; beta: T-COS, Eq. 15."""
-        features, mask = batch.features.to(self.device), batch.mask.to(self.device)
+        features = batch.features.to(self.device)
+        mask = batch.mask.to(self.device)
         ref = self.base(features, mask) if ref is None else ref.to(self.device)
-        return steered_scores(self.model_at(w), features, mask, ref, w, c, self.beta if beta is None else beta)
+        beta = self.beta if beta is None else beta
+        return steered_scores(self.model_at(w), features, mask, ref, w, c, beta)
 
 
 # ==== LLM: Hyper Prompt Tuning, LoRA and sequence log-probs (Sec. 4.2, Fig. 4) ====
@@ -196,11 +243,12 @@ class TrainedRanker:
 @dataclass
 class HyperPromptConfig:
     """Shape of a HyperPrompt, saved in the checkpoint. Paper (Sec. 4.2): k = 8, r = 4."""
-    embed_dim: int                 # d: the LM's input-embedding width (GPT-2 small: 768)
-    num_objectives: int = 2        # m: length of w. 0 = plain prompt tuning (the baselines' prefix, no w)
-    num_virtual_tokens: int = 8    # k
-    rank: int = 4                  # r: rank of the mask A @ B
-    hidden: int = 64               # width of the two MLPs (not given in the paper)
+
+    embed_dim: int  # d: the LM's input-embedding width (GPT-2 small: 768)
+    num_objectives: int = 2  # m: length of w. 0 = plain prompt tuning (the baselines' prefix, no w)
+    num_virtual_tokens: int = 8  # k
+    rank: int = 4  # r: rank of the mask A @ B
+    hidden: int = 64  # width of the two MLPs (not given in the paper)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,7 +263,11 @@ class HyperPrompt(nn.Module):
     def __init__(self, config: HyperPromptConfig, init_prefix: Optional[torch.Tensor] = None):
         super().__init__()
         self.config = config
-        k, d, r, m, h = config.num_virtual_tokens, config.embed_dim, config.rank, config.num_objectives, config.hidden
+        k = config.num_virtual_tokens
+        d = config.embed_dim
+        r = config.rank
+        m = config.num_objectives
+        h = config.hidden
         init = 0.02 * torch.randn(k, d) if init_prefix is None else init_prefix.detach().clone()
         self.prefix = nn.Parameter(init.float())  # P (k, d)
         if m > 0:
@@ -246,7 +298,8 @@ class PrefixLM(nn.Module):
 
     def __init__(self, lm: nn.Module, prompt: Optional[HyperPrompt] = None):
         super().__init__()
-        self.lm, self.prompt = lm.eval(), prompt
+        self.lm = lm.eval()
+        self.prompt = prompt
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -256,28 +309,43 @@ class PrefixLM(nn.Module):
                 module.training = mode
         return self
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, w: Optional[torch.Tensor] = None,
-                use_prefix: bool = True, keep: int = 0, hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        w: Optional[torch.Tensor] = None,
+        use_prefix: bool = True,
+        keep: int = 0,
+        hidden: bool = False,
+    ) -> torch.Tensor:
         """Logits (B, T, V) at the token positions, or (B, keep, V) at the last `keep` ones (transformers'
         logits_to_keep); hidden=True: the last hidden states (B, T, d) instead, which the output embedding
         (lm.get_output_embeddings()) maps to the logits. input_ids, attention_mask: (B, T), right-padded.
         w: (m,) or (B, m) for a HyperPrompt, None for plain prompt tuning. use_prefix=False runs the LM on the
         tokens alone, LoRA as it stands (wrap in `lora_disabled` for the reference model p0)."""
-        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d)
         B, T = input_ids.shape
-        mask, lm = attention_mask.long(), self.lm.base_model if hidden else self.lm
-        kwargs = dict(attention_mask=mask) if hidden else dict(attention_mask=mask, logits_to_keep=keep or T)
+        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d)
+        mask = attention_mask.long()
+        kwargs = {}
+        if not hidden:
+            kwargs["logits_to_keep"] = keep or T
         if use_prefix and self.prompt is not None:
             prefix = self.prompt(w, B).to(embeds.dtype)  # (B, k, d)
             k = prefix.shape[1]
-            embeds, kwargs["attention_mask"] = torch.cat([prefix, embeds], 1), torch.cat([mask.new_ones(B, k), mask], 1)
-            kwargs["position_ids"] = torch.arange(k + T, device=input_ids.device).expand(B, -1)  # tokens k..k+T-1
-        out = lm(inputs_embeds=embeds, **kwargs)  # without prefix, tokens at 0..T-1
-        return out.last_hidden_state[:, -T:] if hidden else out.logits  # the prefix outputs dropped
+            embeds = torch.cat([prefix, embeds], 1)
+            mask = torch.cat([mask.new_ones(B, k), mask], 1)
+            kwargs["position_ids"] = torch.arange(k + T, device=input_ids.device).expand(
+                B, -1
+            )  # tokens k..k+T-1
+        # without a prefix the tokens sit at 0..T-1
+        if hidden:
+            out = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+            return out.last_hidden_state[:, -T:]  # the prefix outputs dropped
+        return self.lm(inputs_embeds=embeds, attention_mask=mask, **kwargs).logits  # (B, keep or T, V)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """log p(y|x) = sum over response tokens t of log p(y_t | x, y_<t) (SPEC 1): the DPO score of Eq. 5.
+    """log p(y|x) = sum over response tokens t of log p(y_t | x, y_<t): the DPO score of Eq. 5.
 
     logits (B, T, V), position t predicting token t + 1; labels (B, T) token ids; response_mask (B, T) bool,
     True at response tokens (position 0 has no prediction and is ignored). Returns (B,) float32.
@@ -285,13 +353,16 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, response_mask: to
     logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t + 1
     # log softmax at the target, z_y - logsumexp(z): no second (B, T-1, V) tensor kept for the backward pass
     token_logps = logits.gather(-1, labels[:, 1:, None]).squeeze(-1) - logits.logsumexp(-1)  # (B, T-1)
-    return torch.where(response_mask[:, 1:].bool(), token_logps, 0.0).sum(-1)  # where: nan outside y cannot leak
+    return torch.where(response_mask[:, 1:].bool(), token_logps, 0.0).sum(
+        -1
+    )  # where: nan outside y cannot leak
 
 
 @dataclass
 class LoRAConfig:
     """LoRA (Hu et al. 2022); paper Sec. 4.2: alpha = 8, r = 4. Saved in the checkpoint. targets: the last
     part of module names that get adapters (PEFT's defaults: GPT-2 "c_attn", Llama / SmolLM2 q_proj, v_proj)."""
+
     rank: int = 4
     alpha: float = 8.0
     targets: tuple = ("c_attn", "q_proj", "v_proj")
@@ -309,7 +380,9 @@ class LoRA(nn.Module):
         super().__init__()
         conv1d = type(base).__name__ == "Conv1D"
         in_features, out_features = base.weight.shape if conv1d else (base.in_features, base.out_features)
-        self.base, self.scaling, self.enabled = base, alpha / rank, True
+        self.base = base
+        self.scaling = alpha / rank
+        self.enabled = True
         self.lora_A = nn.Parameter(torch.empty(rank, in_features))  # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own init, as PEFT
@@ -327,12 +400,17 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> list[str]:
     matrices are then its only trainable parameters. Returns the wrapped names."""
     for p in model.parameters():
         p.requires_grad_(False)
-    linear = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D"}
+    linear = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            linear[name] = module
     wrapped = [n for n in linear if n.rsplit(".", 1)[-1] in config.targets]
     if not wrapped:  # the one guard: --lora-targets comes from the user
         leaves = sorted({n.rsplit(".", 1)[-1] for n in linear})
-        raise ValueError(f"LoRA targets {tuple(config.targets)} match no linear layer of {type(model).__name__}; "
-                         f"its linear layers are named {leaves}")
+        raise ValueError(
+            f"LoRA targets {tuple(config.targets)} match no linear layer of {type(model).__name__}; its "
+            f"linear layers are named {leaves}"
+        )
     for name in wrapped:
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, LoRA(linear[name], config.rank, config.alpha))

@@ -15,6 +15,7 @@ comparison on a shared machine: the ratio is taken pair by pair); --file PATH pa
 
 Run:  python benchmarks/bench_data.py [--rows 100000] [--repeats 3] [--versus ../before/data.py] [--file PATH]
 """
+
 import argparse
 import importlib.util
 import os
@@ -76,7 +77,9 @@ def load_other(path: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000, help="minimum number of lines in the generated file")
+    parser.add_argument(
+        "--rows", type=int, default=100_000, help="minimum number of lines in the generated file"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (the median is reported)")
     parser.add_argument("--versus", help="another data.py whose first parse is timed alternately with ours")
     parser.add_argument("--file", help="an existing LETOR file to parse instead of a generated one")
@@ -91,7 +94,9 @@ def main() -> None:
             path = os.path.join(tmp, "train.txt")
             os.symlink(os.path.abspath(args.file), path)  # the cache is written to tmp, never beside the file
         else:
-            data.write_synthetic(tmp, seed=0, train_queries=args.rows // 55 + 1, vali_queries=1, test_queries=1)
+            data.write_synthetic(
+                tmp, seed=0, train_queries=args.rows // 55 + 1, vali_queries=1, test_queries=1
+            )
             path = os.path.join(tmp, "Fold1", "train.txt")
         rows = len(data.read_letor(path, cache=False).labels)
         size_mb = os.path.getsize(path) / 1e6
@@ -107,41 +112,61 @@ def main() -> None:
                 times.append((seconds[data], seconds[other]))
             ours_v, theirs_v = np.median(times, axis=0)
             ratios = [a / b for a, b in times]
-            print(f"versus {args.versus}: ours {ours_v:.3f} s, theirs {theirs_v:.3f} s (medians); ours/theirs per pair "
-                  f"{', '.join(f'{r:.3f}' for r in ratios)}, median {np.median(ratios):.3f}")
+            print(
+                f"versus {args.versus}: ours {ours_v:.3f} s, theirs {theirs_v:.3f} s (medians); ours/theirs "
+                f"per pair {', '.join(f'{r:.3f}' for r in ratios)}, median {np.median(ratios):.3f}"
+            )
         try:
             from sklearn.datasets import load_svmlight_file
         except ImportError:
             print("sklearn load_svmlight_file   skipped (scikit-learn not installed)")
         else:
-            theirs = median_seconds(lambda: load_svmlight_file(path, query_id=True, n_features=data.NUM_COLUMNS),
-                                    args.repeats)
-            print(f"sklearn load_svmlight_file  {theirs:7.3f} s  {rows / theirs:12,.0f} rows/s"
-                  f"   -> ours is {theirs / ours:.1f}x faster (target >= 3x)")
+            theirs = median_seconds(
+                lambda: load_svmlight_file(path, query_id=True, n_features=data.NUM_COLUMNS), args.repeats
+            )
+            print(
+                f"sklearn load_svmlight_file  {theirs:7.3f} s  {rows / theirs:12,.0f} rows/s   -> ours is "
+                f"{theirs / ours:.1f}x faster (target >= 3x)"
+            )
 
         data.read_letor(path, cache=True)  # writes the cache
         reload = median_seconds(lambda: data.read_letor(path, cache=True), max(args.repeats, 5))
-        print(f"read_letor cached reload    {reload:7.3f} s  {rows / reload:12,.0f} rows/s"
-              f"   -> {ours / reload:.0f}x faster than the parse (target >= 20x)")
+        print(
+            f"read_letor cached reload    {reload:7.3f} s  {rows / reload:12,.0f} rows/s   -> "
+            f"{ours / reload:.0f}x faster than the parse (target >= 20x)"
+        )
 
-        probe = subprocess.run([sys.executable, "-c", _MEMORY_PROBE.format(repo=os.path.dirname(data.__file__), path=path)],
-                               capture_output=True, text=True, check=True)
+        probe = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE.format(repo=os.path.dirname(data.__file__), path=path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peak, final = map(int, probe.stdout.split())
-        print(f"parse peak memory (tracemalloc) {peak / 1e6:.1f} MB / final arrays {final / 1e6:.1f} MB"
-              f" = {peak / final:.2f}x (target <= 3x)")
+        print(
+            f"parse peak memory (tracemalloc) {peak / 1e6:.1f} MB / final arrays {final / 1e6:.1f} MB = "
+            f"{peak / final:.2f}x (target <= 3x)"
+        )
 
     split = mslr_sized_split()
-    print(f"make_batches on an MSLR-sized split: {split.num_docs:,} documents, {split.num_queries:,} lists, "
-          f"lengths {split.list_lengths.min()}..{split.list_lengths.max()} (mean {split.list_lengths.mean():.0f})")
+    print(
+        f"make_batches on an MSLR-sized split: {split.num_docs:,} documents, {split.num_queries:,} lists, "
+        f"lengths {split.list_lengths.min()}..{split.list_lengths.max()} (mean "
+        f"{split.list_lengths.mean():.0f})"
+    )
     data.make_batches(split, shuffle=True, max_list_len=256)  # first touch of fresh memory
-    for label, kwargs in (("train: shuffle, cap 256", dict(shuffle=True, max_list_len=256)),  # train_ltr's cap
-                          ("eval: no shuffle, no cap", dict(shuffle=False, max_list_len=None))):
+    for label, kwargs in (
+        ("train: shuffle, cap 256", dict(shuffle=True, max_list_len=256)),  # train_ltr's cap
+        ("eval: no shuffle, no cap", dict(shuffle=False, max_list_len=None)),
+    ):
         seconds = median_seconds(lambda: data.make_batches(split, **kwargs), max(args.repeats, 3))
         batches = data.make_batches(split, **kwargs)
         real = sum(b.num_docs for b in batches)
         slots = sum(b.mask.numel() for b in batches)
-        print(f"  {label:26s} {seconds:6.3f} s/epoch, {len(batches)} batches, {real:,} real documents, "
-              f"real/padded slots {real / slots:.3f}")
+        print(
+            f"  {label:26s} {seconds:6.3f} s/epoch, {len(batches)} batches, {real:,} real documents, "
+            f"real/padded slots {real / slots:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Run from the repository root:  python benchmarks/bench_losses.py [--threads 2]
 Prints the median over repeats of forward, and forward + backward, for m = 2 and m = 5 objectives,
 with a ragged padding mask (lengths uniform in 20..200), beta per objective and the cosine penalty.
 """
+
 import argparse
 import os
 import statistics
@@ -13,7 +14,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
-from losses import cosine_penalty, dpo_loss, has_preference, lipo_losses, mean_over_lists, sample_weights, scalarize  # noqa: E402
+from losses import (
+    cosine_penalty,
+    dpo_loss,
+    has_preference,
+    lipo_losses,
+    mean_over_lists,
+    sample_weights,
+    scalarize,
+)  # noqa: E402
 
 
 def median_ms(fn, repeats):
@@ -53,8 +62,10 @@ def main():
             scores.grad = None
             forward().backward()
 
-        print(f"  m={m}: forward {median_ms(forward, args.repeats):6.2f} ms   "
-              f"forward+backward {median_ms(forward_backward, args.repeats):6.2f} ms")
+        print(
+            f"  m={m}: forward {median_ms(forward, args.repeats):6.2f} ms   forward+backward "
+            f"{median_ms(forward_backward, args.repeats):6.2f} ms"
+        )
     x = torch.randn(4, B * 16, generator=g)
     print(f"  dpo_loss on {B * 16} pairs: {median_ms(lambda: dpo_loss(*x, 0.1), args.repeats):6.2f} ms")
 

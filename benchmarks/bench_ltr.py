@@ -17,6 +17,7 @@ width 64, w concatenated to the input):
      call) and as it runs now (fast path off, pareto.EvalSplit built once);
   5. torch.autocast(bfloat16) against float32: the W-COS training step of 2. and the validation pass of 4.
 """
+
 import argparse
 import os
 import statistics
@@ -43,8 +44,12 @@ def mslr_sized_split(num_lists: int, num_docs: int, m: int, seed: int = 0) -> da
     aux_raw = rng.poisson(0.5, (n, m)).astype(np.float32)
     return data_lib.RankingSplit(
         features=rng.standard_normal((n, data_lib.NUM_INPUTS), dtype=np.float32),
-        relevance=rng.integers(0, 5, n).astype(np.float32), aux=np.log1p(aux_raw), aux_raw=aux_raw,
-        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), qids=np.arange(num_lists))
+        relevance=rng.integers(0, 5, n).astype(np.float32),
+        aux=np.log1p(aux_raw),
+        aux_raw=aux_raw,
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        qids=np.arange(num_lists),
+    )
 
 
 def main():
@@ -63,24 +68,45 @@ def main():
     m = args.objectives
     split = mslr_sized_split(args.lists, args.docs, m)
     lengths = split.list_lengths
-    print(f"MSLR-sized split: {split.num_queries} lists, {split.num_docs} documents, lengths min {lengths.min()} "
-          f"mean {lengths.mean():.0f} max {lengths.max()}; {torch.get_num_threads()} threads; max_docs {args.max_docs}")
+    print(
+        f"MSLR-sized split: {split.num_queries} lists, {split.num_docs} documents, lengths min "
+        f"{lengths.min()} mean {lengths.mean():.0f} max {lengths.max()}; {torch.get_num_threads()} threads; "
+        f"max_docs {args.max_docs}"
+    )
 
     # 1. one W-COS-DPO epoch, the loop of train_ltr.fine_tune
-    ns = train_ltr.resolve_args(train_ltr.build_parser().parse_args(
-        ["--dataset", "mslr", "--data-dir", ".", "--objectives", ",".join(["I", "II", "III", "IV", "V"][:m]),
-         "--max-docs", str(args.max_docs), "--quiet", "--vertex-prob", args.vertex_prob] + ["--film"] * args.film))
+    ns = train_ltr.resolve_args(
+        train_ltr.build_parser().parse_args(
+            [
+                "--dataset",
+                "mslr",
+                "--data-dir",
+                ".",
+                "--objectives",
+                ",".join(["I", "II", "III", "IV", "V"][:m]),
+                "--max-docs",
+                str(args.max_docs),
+                "--quiet",
+                "--vertex-prob",
+                args.vertex_prob,
+            ]
+            + ["--film"] * args.film
+        )
+    )
     ns.label_norms = ["l1"] * m
     job = train_ltr.Job("wcos", RankerConfig(num_objectives=m, film=args.film), steps=1)
     model = Ranker(job.config)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)  # the w draws, as train_ltr.seeded
     base = Ranker(RankerConfig(hidden=128)).eval()  # the paper's base ranker: 2 layers, width 128
-    frozen = train_ltr.Frozen(base, {"train": torch.randn(split.num_docs)})  # s0 on whole lists, computed once
+    # s0 on whole lists, computed once
+    frozen = train_ltr.Frozen(base, {"train": torch.randn(split.num_docs)})
 
     def epoch(seed):
         t0 = time.perf_counter()
-        batches = data_lib.make_batches(split, args.max_docs, shuffle=True, max_list_len=ns.max_list_len, seed=seed)
+        batches = data_lib.make_batches(
+            split, args.max_docs, shuffle=True, max_list_len=ns.max_list_len, seed=seed
+        )
         t_batches = time.perf_counter() - t0
         docs, t_ref = 0, 0.0
         for batch in batches:
@@ -97,12 +123,17 @@ def main():
 
     epoch(0)  # warm-up: first calls at each shape are slower
     seconds, t_batches, t_ref, docs, steps = epoch(1)
-    print(f"1. W-COS-DPO epoch: {seconds:.1f} s ({t_batches:.2f} s batching, {t_ref:.1f} s s0 of the cut lists), "
-          f"{steps} steps, {docs} real documents seen (lists above 256 subsampled) -> {docs / seconds:,.0f} "
-          f"documents/s; all {split.num_docs} documents at this rate: {split.num_docs / (docs / seconds):.1f} s")
+    print(
+        f"1. W-COS-DPO epoch: {seconds:.1f} s ({t_batches:.2f} s batching, {t_ref:.1f} s s0 of the cut "
+        f"lists), {steps} steps, {docs} real documents seen (lists above 256 subsampled) -> "
+        f"{docs / seconds:,.0f} documents/s; all {split.num_docs} documents at this rate: "
+        f"{split.num_docs / (docs / seconds):.1f} s"
+    )
 
     # 2. W-COS-DPO step vs single-objective DPO step, same model size and batch
-    batch = max(data_lib.make_batches(split, args.max_docs, max_list_len=ns.max_list_len), key=lambda b: b.num_docs)
+    batch = max(
+        data_lib.make_batches(split, args.max_docs, max_list_len=ns.max_list_len), key=lambda b: b.num_docs
+    )
     single = Ranker(RankerConfig(num_objectives=0))
     opt1 = torch.optim.Adam(single.parameters(), lr=1e-3)
     ref_b = frozen.ref["train"][batch.index]
@@ -128,13 +159,18 @@ def main():
             fn()
             times[name].append(time.perf_counter() - t0)
     wc, dp = statistics.median(times["wcos"]), statistics.median(times["dpo"])
-    print(f"2. one batch of {batch.num_docs} documents ({tuple(batch.mask.shape)}): W-COS-DPO step {1e3 * wc:.1f} ms, "
-          f"single-objective DPO step {1e3 * dp:.1f} ms -> ratio {wc / dp:.3f}")
+    print(
+        f"2. one batch of {batch.num_docs} documents ({tuple(batch.mask.shape)}): W-COS-DPO step "
+        f"{1e3 * wc:.1f} ms, single-objective DPO step {1e3 * dp:.1f} ms -> ratio {wc / dp:.3f}"
+    )
 
     # 3. for scale: a bare nn.TransformerEncoder step on full lists of 128 items
     layer = torch.nn.TransformerEncoderLayer(64, 4, 128, 0.0, batch_first=True, norm_first=True)
-    enc = torch.nn.Sequential(torch.nn.Linear(data_lib.NUM_INPUTS + m, 64),
-                              torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), torch.nn.Linear(64, 1))
+    enc = torch.nn.Sequential(
+        torch.nn.Linear(data_lib.NUM_INPUTS + m, 64),
+        torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+        torch.nn.Linear(64, 1),
+    )
     opt3 = torch.optim.Adam(enc.parameters(), lr=1e-3)
     x = torch.randn(args.max_docs // 128, 128, data_lib.NUM_INPUTS + m)
     t = []
@@ -146,8 +182,10 @@ def main():
         opt3.step()
         t.append(time.perf_counter() - t0)
     bare = statistics.median(t[2:])
-    print(f"3. bare nn.TransformerEncoder step, {x.shape[0]} full lists of 128: {1e3 * bare:.1f} ms "
-          f"-> {x.shape[0] * 128 / bare:,.0f} documents/s")
+    print(
+        f"3. bare nn.TransformerEncoder step, {x.shape[0]} full lists of 128: {1e3 * bare:.1f} ms -> "
+        f"{x.shape[0] * 128 / bare:,.0f} documents/s"
+    )
 
     # 4. a validation pass before and after issue 11 (same scores; the model is in eval mode as in train_ltr)
     vali = mslr_sized_split(2000, 240_000, m, seed=1)
@@ -165,6 +203,7 @@ def main():
             fn()
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
+
     t0 = time.perf_counter()
     ev = pareto.EvalSplit(vali, args.max_docs)
     ev.targets  # the gains and ideal DCGs, built on first use
@@ -173,8 +212,11 @@ def main():
     before = timed(lambda: validate(pareto.EvalSplit(vali, args.max_docs)))
     torch.backends.mha.set_fastpath_enabled(False)
     after = timed(lambda: validate(ev))
-    print(f"4. validation pass at one w over {vali.num_docs} documents: before {before:.2f} s (fast path on, rebuilt "
-          f"per call), now {after:.2f} s (fast path off, EvalSplit built once in {t_build:.2f} s) -> {before / after:.1f}x")
+    print(
+        f"4. validation pass at one w over {vali.num_docs} documents: before {before:.2f} s (fast path on, "
+        f"rebuilt per call), now {after:.2f} s (fast path off, EvalSplit built once in {t_build:.2f} s) -> "
+        f"{before / after:.1f}x"
+    )
 
     # 5. bfloat16 autocast of the network's forward pass (the losses stay float32) against float32, interleaved
     model.train()
@@ -183,6 +225,7 @@ def main():
     def forward_bf16(*a, **kw):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return forward(*a, **kw).float()
+
     times = {False: [], True: []}
     for i in range(args.repeats + 2):
         for bf16 in (False, True):
@@ -196,9 +239,11 @@ def main():
     fp_val, bf_val = timed(lambda: validate(ev)), timed(lambda: validate(ev, bf16=True))
     (fp_aux, fp_main), (bf_aux, bf_main) = validate(ev), validate(ev, bf16=True)
     gap = np.abs(np.array(fp_aux + [fp_main]) - np.array(bf_aux + [bf_main])).max()
-    print(f"5. bf16 autocast: training step {1e3 * fp:.1f} ms fp32 vs {1e3 * bf:.1f} ms bf16 ({fp / bf:.2f}x); "
-          f"validation pass {fp_val:.2f} s fp32 vs {bf_val:.2f} s bf16 ({fp_val / bf_val:.2f}x), NDCG@10 of the same "
-          f"model differs by up to {gap:.4f} (bf16 scores tie more often)")
+    print(
+        f"5. bf16 autocast: training step {1e3 * fp:.1f} ms fp32 vs {1e3 * bf:.1f} ms bf16 ({fp / bf:.2f}x); "
+        f"validation pass {fp_val:.2f} s fp32 vs {bf_val:.2f} s bf16 ({fp_val / bf_val:.2f}x), NDCG@10 of "
+        f"the same model differs by up to {gap:.4f} (bf16 scores tie more often)"
+    )
 
 
 if __name__ == "__main__":

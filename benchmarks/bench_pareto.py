@@ -8,6 +8,7 @@ Prints one line per case with the median time over repeats:
 If scikit-learn is installed, its ndcg_score on the same (unpadded) batch is timed too and the mean
 NDCG is checked to agree (comparison only; scikit-learn is not a dependency).
 """
+
 import argparse
 import os
 import sys
@@ -45,8 +46,8 @@ def main():
     B, n = 256, 200
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(B, n, generator=g)
-    gains = torch.poisson(torch.rand(B, n, generator=g) * 2, generator=g)     # integer labels: tied gains
-    mask = torch.arange(n) < torch.randint(20, n + 1, (B, 1), generator=g)   # ragged, 20..200 items
+    gains = torch.poisson(torch.rand(B, n, generator=g) * 2, generator=g)  # integer labels: tied gains
+    mask = torch.arange(n) < torch.randint(20, n + 1, (B, 1), generator=g)  # ragged, 20..200 items
     for ties in ("average", "first"):
         ms = median_ms(lambda: ndcg_at_k(scores, gains, k=10, mask=mask, ties=ties), args.repeats)
         print(f"  ndcg_at_k torch ({B}, {n}) k=10 ties={ties:7s}: {ms:8.2f} ms")
@@ -59,12 +60,14 @@ def main():
     except ImportError:
         print("  scikit-learn not installed: comparison skipped")
         return
-    coarse = torch.round(scores * 2) / 2                                      # coarse scores: many ties
-    ours = ndcg_at_k(coarse, gains, k=10).mean().item()                       # no mask: sklearn has none
+    coarse = torch.round(scores * 2) / 2  # coarse scores: many ties
+    ours = ndcg_at_k(coarse, gains, k=10).mean().item()  # no mask: sklearn has none
     theirs = ndcg_score(gains.numpy(), coarse.numpy(), k=10)  # ties averaged too
     ms = median_ms(lambda: ndcg_score(gains.numpy(), coarse.numpy(), k=10), max(args.repeats // 5, 3))
-    print(f"  sklearn ndcg_score ({B}, {n}) k=10 (ties averaged): {ms:8.2f} ms   "
-          f"mean NDCG ours {ours:.10f} sklearn {theirs:.10f}")
+    print(
+        f"  sklearn ndcg_score ({B}, {n}) k=10 (ties averaged): {ms:8.2f} ms   mean NDCG ours {ours:.10f} "
+        f"sklearn {theirs:.10f}"
+    )
     assert abs(ours - theirs) < 1e-9, "mean NDCG disagrees with scikit-learn"
 
 

@@ -53,7 +53,12 @@ SCALES = (0.8, 0.9, 1.0, 1.1, 1.2)
 BETAS = ((0.9, 0.9), (1.1, 0.9), (0.9, 1.1), (1.1, 1.1))
 PENALTIES = (-0.2, -0.05, 0.05, 0.2)
 DEPTHS = (1, 3, 4, 5)
-PAPER_TABLE1 = {"ls": (1.648e-3, 0.355), "soup": (1.468e-3, 0.382), "modpo": (1.263e-3, 0.360), "wcos": (2.039e-3, 0.432)}
+PAPER_TABLE1 = {
+    "ls": (1.648e-3, 0.355),
+    "soup": (1.468e-3, 0.382),
+    "modpo": (1.263e-3, 0.360),
+    "wcos": (2.039e-3, 0.432),
+}
 
 
 # ---- training: one train_ltr.py run per folder ------------------------------------------------------------------
@@ -83,7 +88,9 @@ def runs_of(data_seed, seed, parts):
     runs = []
     if "compare" in parts:
         for (tag, objectives, _), (folder, (_, extra)) in itertools.product(SETS, METHODS.items()):
-            runs.append((run_dir(data_seed, seed, "compare", tag, folder), extra + ["--objectives", objectives]))
+            runs.append(
+                (run_dir(data_seed, seed, "compare", tag, folder), extra + ["--objectives", objectives])
+            )
     if "linear" in parts:
         for s in SCALES:
             runs.append((linear_dir(data_seed, seed, s), ["--beta", str(s), "--penalty", "0.05"]))
@@ -92,8 +99,12 @@ def runs_of(data_seed, seed, parts):
         runs.append((run_dir(data_seed, seed, "tcos"), ["--method", "tcos", "--objectives", "IV,V"]))
     if "ablation" in parts:
         for (tag, objectives, _), lam in itertools.product(SETS[:2], PENALTIES):
-            runs.append((run_dir(data_seed, seed, "penalty", tag, f"{lam:g}"),
-                         ["--objectives", objectives, "--penalty", str(lam)]))
+            runs.append(
+                (
+                    run_dir(data_seed, seed, "penalty", tag, f"{lam:g}"),
+                    ["--objectives", objectives, "--penalty", str(lam)],
+                )
+            )
         for layers in DEPTHS:
             runs.append((run_dir(data_seed, seed, "depth", str(layers)), ["--layers", str(layers)]))
         runs.append((run_dir(data_seed, seed, "augment"), ["--parametrization", "augment"]))
@@ -105,8 +116,19 @@ def linear_dir(data_seed, seed, scale):
 
 
 def run(data_seed, seed, parts, threads):
-    common = ["--data-dir", data_dir(data_seed), "--seed", str(seed), "--base", run_dir(data_seed, seed, "base.pt"),
-              "--quiet", "--log-every", "1000000", "--eval-every", "1000000"]
+    common = [
+        "--data-dir",
+        data_dir(data_seed),
+        "--seed",
+        str(seed),
+        "--base",
+        run_dir(data_seed, seed, "base.pt"),
+        "--quiet",
+        "--log-every",
+        "1000000",
+        "--eval-every",
+        "1000000",
+    ]
     common += ["--threads", str(threads)] if threads else []
     os.makedirs(run_dir(data_seed, seed), exist_ok=True)
     for out, extra in runs_of(data_seed, seed, parts):
@@ -143,7 +165,7 @@ def cells(values, fmt):
 
 
 def holds(mine, theirs, better=np.greater_equal):
-    """"holds on k of n datasets (difference min..max)" over the datasets both finished."""
+    """ "holds on k of n datasets (difference min..max)" over the datasets both finished."""
     common = [d for d in mine if d in theirs]
     if not common:
         return "not measured"
@@ -162,8 +184,13 @@ def compare_section(tag, objectives, figure):
     hv = {f: per_dataset(("compare", tag, f), "hypervolume") for f in METHODS}
     main = {f: per_dataset(("compare", tag, f), "main_ndcg_mean") for f in METHODS}
     secs = {f: per_dataset(("compare", tag, f), "train_seconds") for f in METHODS}
-    lines = [f"### {figure}: objectives {objectives.replace(',', ', ')}", "", "Hypervolume of the test NDCG@10 front:",
-             "", *header("method")]
+    lines = [
+        f"### {figure}: objectives {objectives.replace(',', ', ')}",
+        "",
+        "Hypervolume of the test NDCG@10 front:",
+        "",
+        *header("method"),
+    ]
     lines += [f"| {name} | {cells(hv[f], '#.4g')} |" for f, (name, _) in METHODS.items()]
     lines += ["", "Main NDCG@10, mean over the 11 weights:", "", *header("method")]
     lines += [f"| {name} | {cells(main[f], '.3f')} |" for f, (name, _) in METHODS.items()]
@@ -173,19 +200,29 @@ def compare_section(tag, objectives, figure):
     lines += ["", "Verdicts:"]
     for f in ("wcos", "variant", "wcos_budget1"):
         for b in BASELINES:
-            lines.append(f"- {METHODS[f][0]}: HV >= {METHODS[b][0]} {holds(hv[f], hv[b])}; main NDCG@10 >= "
-                         f"{METHODS[b][0]} {holds(main[f], main[b])}")
-    lines.append(f"- W-COS-DPO's training time <= 1/3 of DPO-LS's "
-                 f"{holds(ratio['wcos'], {d: 1 / 3 for d in ratio['wcos']}, np.less_equal)}")
+            lines.append(
+                f"- {METHODS[f][0]}: HV >= {METHODS[b][0]} {holds(hv[f], hv[b])}; main NDCG@10 >= "
+                f"{METHODS[b][0]} {holds(main[f], main[b])}"
+            )
+    lines.append(
+        f"- W-COS-DPO's training time <= 1/3 of DPO-LS's "
+        f"{holds(ratio['wcos'], {d: 1 / 3 for d in ratio['wcos']}, np.less_equal)}"
+    )
     lines.append(f"- the variant's HV >= W-COS-DPO's {holds(hv['variant'], hv['wcos'])}")
-    lines.append(f"- W-COS-DPO's HV at 3x >= at 1x a baseline model's budget {holds(hv['wcos'], hv['wcos_budget1'])}")
+    lines.append(
+        f"- W-COS-DPO's HV at 3x >= at 1x a baseline model's budget {holds(hv['wcos'], hv['wcos_budget1'])}"
+    )
     return "\n".join(lines)
 
 
 def seed_spread():
     """The embedded set's three training seeds: the standard deviation of each compare row's HV."""
-    lines = ["### Seed noise on the embedded set (training seeds 0, 1, 2)", "",
-             "| method | " + " | ".join(f"{figure} HV" for _, _, figure in SETS) + " |", "|---" * 4 + "|"]
+    lines = [
+        "### Seed noise on the embedded set (training seeds 0, 1, 2)",
+        "",
+        "| method | " + " | ".join(f"{figure} HV" for _, _, figure in SETS) + " |",
+        "|---" * 4 + "|",
+    ]
     for f, (name, _) in METHODS.items():
         row = []
         for tag, _, _ in SETS:
@@ -198,9 +235,14 @@ def seed_spread():
 
 def linear_section():
     """Fig. 12: mean distance over the 11 weights from the beta = (1, 1) front, before and after Eq. 14."""
-    lines = ["### Fig. 12 (App. A.7): Eq. 14 moves a front trained at beta = s (1, 1) onto the (1, 1) front", "",
-             "Mean distance over the 11 weights to the (1, 1) front, unmoved -> moved by Eq. 14 (c = 1 / s); "
-             "last row: a second training seed of the (1, 1) model (the noise floor).", "", *header("trained at")]
+    lines = [
+        "### Fig. 12 (App. A.7): Eq. 14 moves a front trained at beta = s (1, 1) onto the (1, 1) front",
+        "",
+        "Mean distance over the 11 weights to the (1, 1) front, unmoved -> moved by Eq. 14 (c = 1 / s); last "
+        "row: a second training seed of the (1, 1) model (the noise floor).",
+        "",
+        *header("trained at"),
+    ]
     closer, floor = {}, {}
     distances = {s: {} for s in SCALES if s != 1.0}
     for data_seed in DATASETS:
@@ -213,24 +255,37 @@ def linear_section():
             path = os.path.join(linear_dir(data_seed, 0, s), "model.pt")
             moved = np.array(pareto.load_fronts(path, scales=[1.0 / s])[0]["aux"])
             raw = np.array(load(linear_dir(data_seed, 0, s))["aux_ndcg"])
-            distances[s][data_seed] = (np.linalg.norm(raw - ref, axis=1).mean(),
-                                       np.linalg.norm(moved - ref, axis=1).mean())
-        closer[data_seed] = sum(after < before for before, after in (d[data_seed] for d in distances.values()))
+            distances[s][data_seed] = (
+                np.linalg.norm(raw - ref, axis=1).mean(),
+                np.linalg.norm(moved - ref, axis=1).mean(),
+            )
+        closer[data_seed] = sum(
+            after < before for before, after in (d[data_seed] for d in distances.values())
+        )
         floor[data_seed] = np.linalg.norm(np.array(noise["aux_ndcg"]) - ref, axis=1).mean()
     for s, by_data in distances.items():
         row = [f"{by_data[d][0]:.4f} -> {by_data[d][1]:.4f}" if d in by_data else "-" for d in DATASETS]
         lines.append(f"| ({s}, {s}) | " + " | ".join(row) + " |")
     lines.append(f"| (1, 1), seed 1 | {cells(floor, '.4f')} |")
-    lines += ["", f"Verdict: Eq. 14 brings the front closer for {sum(closer.values())} of {4 * len(closer)} "
-              f"(dataset, scale) pairs; the moved fronts lie below the noise floor on "
-              f"{sum(all(distances[s][d][1] < floor[d] for s in distances) for d in closer)} of {len(closer)} datasets."]
+    lines += [
+        "",
+        f"Verdict: Eq. 14 brings the front closer for {sum(closer.values())} of {4 * len(closer)} (dataset, "
+        f"scale) pairs; the moved fronts lie below the noise floor on "
+        f"{sum(all(distances[s][d][1] < floor[d] for s in distances) for d in closer)} of {len(closer)} "
+        f"datasets.",
+    ]
     return "\n".join(lines)
 
 
 def tcos_section():
     """Fig. 3b: one T-COS-DPO model at four temperatures."""
-    lines = ["### Fig. 3b (App. A.8): one T-COS-DPO model on IV, V moved by beta (Eq. 15)", "",
-             "Hypervolume / main NDCG@10 of the front at each beta:", "", *header("beta")]
+    lines = [
+        "### Fig. 3b (App. A.8): one T-COS-DPO model on IV, V moved by beta (Eq. 15)",
+        "",
+        "Hypervolume / main NDCG@10 of the front at each beta:",
+        "",
+        *header("beta"),
+    ]
     table = {b: {} for b in BETAS}
     for data_seed in DATASETS:
         path = run_dir(data_seed, 0, "tcos")
@@ -241,19 +296,30 @@ def tcos_section():
         row = [f"{table[b][d][0]:.4f} / {table[b][d][1]:.3f}" if d in table[b] else "-" for d in DATASETS]
         lines.append(f"| {b} | " + " | ".join(row) + " |")
     low, high = ({d: v[1] for d, v in table[b].items()} for b in (BETAS[0], BETAS[-1]))
-    lines += ["", f"Verdict: main NDCG@10 rises from beta (0.9, 0.9) to (1.1, 1.1) (Eq. 15: a larger ||beta||_1 keeps "
-              f"the model nearer the base ranker) {holds(high, low, np.greater)}."]
+    lines += [
+        "",
+        f"Verdict: main NDCG@10 rises from beta (0.9, 0.9) to (1.1, 1.1) (Eq. 15: a larger ||beta||_1 keeps "
+        f"the model nearer the base ranker) {holds(high, low, np.greater)}.",
+    ]
     return "\n".join(lines)
 
 
 def ablation_section():
-    rows = [(f"penalty {lam:g}, {tag}", ("penalty", tag, f"{lam:g}"), ("compare", tag, "wcos"))
-            for tag, _, _ in SETS[:2] for lam in PENALTIES]
+    rows = [
+        (f"penalty {lam:g}, {tag}", ("penalty", tag, f"{lam:g}"), ("compare", tag, "wcos"))
+        for tag, _, _ in SETS[:2]
+        for lam in PENALTIES
+    ]
     rows += [(f"{k} layers, I_II", ("depth", str(k)), ("compare", "I_II", "wcos")) for k in DEPTHS]
     rows += [("augmentation, I_II", ("augment",), ("compare", "I_II", "wcos"))]
-    lines = ["### Ablations (App. A.2, A.6.2, A.6.3): W-COS-DPO's HV against the default (penalty 0, 2 layers, "
-             "scratch)", "", *header("setting"), f"| default, I_II | {cells(per_dataset(rows[0][2], 'hypervolume', (0,)), '#.4g')} |",
-             f"| default, IV_V | {cells(per_dataset(rows[4][2], 'hypervolume', (0,)), '#.4g')} |"]
+    lines = [
+        "### Ablations (App. A.2, A.6.2, A.6.3): W-COS-DPO's HV against the default (penalty 0, 2 layers, "
+        "scratch)",
+        "",
+        *header("setting"),
+        f"| default, I_II | {cells(per_dataset(rows[0][2], 'hypervolume', (0,)), '#.4g')} |",
+        f"| default, IV_V | {cells(per_dataset(rows[4][2], 'hypervolume', (0,)), '#.4g')} |",
+    ]
     verdicts = []
     for name, rel, default in rows:
         hv = per_dataset(rel, "hypervolume", (0,))

@@ -4,6 +4,7 @@
 - One torch thread: the test models are tiny, where extra threads only add synchronisation, and on a
   shared 2-core machine OpenMP threads that wait for each other can make a step 100x slower.
 """
+
 import os
 import sys
 

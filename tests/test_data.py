@@ -1,5 +1,6 @@
 """Tests for data.py: LETOR reader (both paths, bad input, cache), splits and normalisation, batching,
 and the embedded synthetic dataset. Tiny files under tmp_path; the whole file runs in seconds."""
+
 import json
 import os
 import re
@@ -60,7 +61,13 @@ def ndcg_at_k(scores, gains, offsets, k=10):
 
 
 def test_objectives_follow_the_paper_numbering():
-    assert [(o.roman, o.column) for o in data.OBJECTIVES] == [("I", 134), ("II", 135), ("III", 136), ("IV", 132), ("V", 133)]
+    assert [(o.roman, o.column) for o in data.OBJECTIVES] == [
+        ("I", 134),
+        ("II", 135),
+        ("III", 136),
+        ("IV", 132),
+        ("V", 133),
+    ]
     assert [o.label_norm for o in data.OBJECTIVES] == ["l1", "l1", "l1", "softmax", "softmax"]
 
 
@@ -131,10 +138,13 @@ def test_both_reader_paths_give_identical_arrays(tmp_path, monkeypatch):
 
 
 def test_crlf_trailing_blanks_and_missing_final_newline(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_parse_block_general", lambda *a: (_ for _ in ()).throw(AssertionError("slow path")))
+    monkeypatch.setattr(
+        data, "_parse_block_general", lambda *a: (_ for _ in ()).throw(AssertionError("slow path"))
+    )
     rng = np.random.default_rng(2)
     labels, qids, values = random_rows(rng, 6)
-    text = "\r\n".join(dense_line(l, q, v) + "  " for l, q, v in zip(labels, qids, values))  # no final newline
+    # no final newline
+    text = "\r\n".join(dense_line(l, q, v) + "  " for l, q, v in zip(labels, qids, values))
     (tmp_path / "c.txt").write_bytes(text.encode())
     letor = data.read_letor(tmp_path / "c.txt", cache=False)
     np.testing.assert_array_equal(letor.features, values.astype(np.float32))
@@ -309,8 +319,11 @@ def test_cache_off_writes_nothing_and_damaged_cache_is_ignored(tmp_path, monkeyp
     (tmp_path / "t.txt.npz").write_bytes(b"not a zip file")
     letor = data.read_letor(path)
     assert letor.features.shape == (5, 136)
-    monkeypatch.setattr(data, "_parse_block_fast", lambda b: (_ for _ in ()).throw(AssertionError("no cache used")))
-    np.testing.assert_array_equal(data.read_letor(path).features, letor.features)  # the damaged cache was rewritten
+    monkeypatch.setattr(
+        data, "_parse_block_fast", lambda b: (_ for _ in ()).throw(AssertionError("no cache used"))
+    )
+    # the damaged cache was rewritten
+    np.testing.assert_array_equal(data.read_letor(path).features, letor.features)
 
 
 def test_unwritable_cache_place_still_parses_and_leaves_nothing(tmp_path):
@@ -341,8 +354,12 @@ def test_parse_floats_and_parse_weight():
     assert data.parse_floats("0.3,0.7", "beta", 2) == [0.3, 0.7]
     assert data.parse_floats("1,2,3", "scales") == [1.0, 2.0, 3.0]
     assert data.parse_weight("0.25,0.75", 2) == [0.25, 0.75]
-    for text, m, message in (("a", 2, "--alpha must be a number or 2"), ("1,2,3", 2, "one number or 2"),
-                             ("0", 2, "> 0 and finite"), ("nan", 2, "finite")):
+    for text, m, message in (
+        ("a", 2, "--alpha must be a number or 2"),
+        ("1,2,3", 2, "one number or 2"),
+        ("0", 2, "> 0 and finite"),
+        ("nan", 2, "finite"),
+    ):
         with pytest.raises(ValueError, match=message):
             data.parse_floats(text, "alpha", m)
     for text in ("0.5", "0.5,0.6", "-0.5,1.5"):
@@ -441,7 +458,9 @@ def test_log1p_zscore_option_reproduces_the_earlier_transform(small_fold):
     np.testing.assert_allclose(train.aux[:, 1], (raw_iv - raw_iv.mean()) / raw_iv.std(), rtol=1e-5, atol=1e-5)
     # vali uses the TRAIN mean/std
     raw_vali = splits["vali"].aux_raw[:, 1].astype(np.float64)
-    np.testing.assert_allclose(splits["vali"].aux[:, 1], (raw_vali - raw_iv.mean()) / raw_iv.std(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        splits["vali"].aux[:, 1], (raw_vali - raw_iv.mean()) / raw_iv.std(), rtol=1e-5, atol=1e-5
+    )
     for split in splits.values():  # NDCG gains stay the raw values
         assert not np.array_equal(split.aux, split.aux_raw)
     with pytest.raises(ValueError, match="must be >= 0"):
@@ -490,9 +509,12 @@ def skewed_split(num_lists=300, seed=0, m=2):
     features = rng.standard_normal((n, 131)).astype(np.float32)
     features[:, 0] = np.arange(n)
     return data.RankingSplit(
-        features=features, relevance=rng.integers(0, 5, n).astype(np.float32),
-        aux=rng.random((n, m)).astype(np.float32) + 0.5, aux_raw=rng.random((n, m)).astype(np.float32) + 0.5,
-        offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64), qids=np.arange(num_lists) * 3,
+        features=features,
+        relevance=rng.integers(0, 5, n).astype(np.float32),
+        aux=rng.random((n, m)).astype(np.float32) + 0.5,
+        aux_raw=rng.random((n, m)).astype(np.float32) + 0.5,
+        offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+        qids=np.arange(num_lists) * 3,
     )
 
 
@@ -573,11 +595,17 @@ def test_batches_are_deterministic_in_seed():
     split = skewed_split()
 
     def signature(seed, shuffle=True):
-        return [b.index.numpy().tobytes() for b in data.make_batches(split, 1024, shuffle=shuffle, max_list_len=30, seed=seed)]
+        return [
+            b.index.numpy().tobytes()
+            for b in data.make_batches(split, 1024, shuffle=shuffle, max_list_len=30, seed=seed)
+        ]
 
     assert signature(4) == signature(4)
-    widths = lambda shuffle: [b.mask.shape[1] for b in data.make_batches(split, 1024, shuffle=shuffle, seed=4)]  # noqa: E731
-    assert widths(False) == sorted(widths(False)) and widths(True) != sorted(widths(True))  # batch order shuffled
+    widths = lambda shuffle: [
+        b.mask.shape[1] for b in data.make_batches(split, 1024, shuffle=shuffle, seed=4)
+    ]  # noqa: E731
+    # batch order shuffled
+    assert widths(False) == sorted(widths(False)) and widths(True) != sorted(widths(True))
     assert signature(4) != signature(5)
     assert signature(4, shuffle=False) == signature(4, shuffle=False)
 
@@ -586,11 +614,19 @@ def test_shuffle_breaks_ties_among_equal_lengths_at_random():
     lengths = np.full(60, 10)
     n = int(lengths.sum())
     split = data.RankingSplit(
-        features=np.zeros((n, 131), np.float32), relevance=np.zeros(n, np.float32), aux=np.zeros((n, 1), np.float32),
-        aux_raw=np.zeros((n, 1), np.float32), offsets=np.arange(0, n + 1, 10), qids=np.arange(60))
+        features=np.zeros((n, 131), np.float32),
+        relevance=np.zeros(n, np.float32),
+        aux=np.zeros((n, 1), np.float32),
+        aux_raw=np.zeros((n, 1), np.float32),
+        offsets=np.arange(0, n + 1, 10),
+        qids=np.arange(60),
+    )
 
     def grouping(seed, shuffle=True):
-        return {frozenset((b.index[:, 0] // 10).tolist()) for b in data.make_batches(split, 100, shuffle=shuffle, seed=seed)}
+        return {
+            frozenset((b.index[:, 0] // 10).tolist())
+            for b in data.make_batches(split, 100, shuffle=shuffle, seed=seed)
+        }
 
     assert all(len(g) == 10 for g in grouping(0))
     assert grouping(0) != grouping(1)  # which lists share a batch changes with the seed ...
@@ -697,7 +733,9 @@ def test_ensure_synthetic_generates_atomically_and_reuses(tmp_path, monkeypatch)
     assert path == str(target) and (target / "Fold1" / "train.txt").is_file()
     assert sorted(os.listdir(tmp_path / "data")) == ["synthetic"]  # no temporary folders left
     real_documents = data._synthetic_documents
-    monkeypatch.setattr(data, "_synthetic_documents", lambda *a: (_ for _ in ()).throw(AssertionError("regenerated")))
+    monkeypatch.setattr(
+        data, "_synthetic_documents", lambda *a: (_ for _ in ()).throw(AssertionError("regenerated"))
+    )
     assert data.ensure_synthetic(target, seed=0, **TINY) == path  # reused
     with pytest.raises(AssertionError, match="regenerated"):  # another seed -> regenerate, and a failure ...
         data.ensure_synthetic(target, seed=1, **TINY)
@@ -727,12 +765,22 @@ def test_ensure_synthetic_never_overwrites_foreign_data_and_resolves_default(tmp
 
 def test_command_line_synthetic_and_stats(tmp_path):
     out = tmp_path / "syn"
-    run = lambda *args: subprocess.run([sys.executable, os.path.join(REPO, "data.py"), *args],  # noqa: E731
-                                       capture_output=True, text=True, check=True).stdout
+    run = lambda *args: (
+        subprocess.run(
+            [sys.executable, os.path.join(REPO, "data.py"), *args],  # noqa: E731
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     run("synthetic", "--out", str(out), "--seed", "2")
     assert (out / "Fold1" / "vali.txt").is_file()
     report = run("stats", str(out))
-    lines = {line.split()[0]: line.split() for line in report.splitlines() if line.split()[:1] in (["train"], ["vali"], ["test"])}
+    lines = {
+        line.split()[0]: line.split()
+        for line in report.splitlines()
+        if line.split()[:1] in (["train"], ["vali"], ["test"])
+    }
     assert set(lines) == {"train", "vali", "test"}
     assert int(lines["train"][1]) == 500 and 20_000 < int(lines["train"][2]) < 45_000
     assert int(lines["vali"][1]) == 150 and int(lines["test"][1]) == 150

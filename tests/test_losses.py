@@ -2,6 +2,7 @@
 
 Run: python -m pytest tests/test_losses.py -q
 """
+
 import json
 import math
 
@@ -9,9 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from losses import (compose_temperature, cosine_penalty, dpo_loss, has_preference, lipo_loss, lipo_losses,
-                    listnet_loss, mean_over_lists, modpo_loss, normalize_labels, normalize_temperature,
-                    rescale_temperature, sample_weights, scalarize)
+from losses import (
+    compose_temperature,
+    cosine_penalty,
+    dpo_loss,
+    has_preference,
+    lipo_loss,
+    lipo_losses,
+    listnet_loss,
+    mean_over_lists,
+    modpo_loss,
+    normalize_labels,
+    normalize_temperature,
+    rescale_temperature,
+    sample_weights,
+    scalarize,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -81,15 +95,22 @@ def test_dpo_hand_value_and_ln2_at_reference():
 def test_pairwise_dpo_equals_listwise_with_two_items():
     g = torch.Generator().manual_seed(1)
     pc, pr, rc, rr = torch.randn(4, 10, generator=g)
-    listwise = lipo_loss(torch.stack([pc, pr], 1), torch.stack([rc, rr], 1),
-                         torch.tensor([[1.0, 0.0]]).expand(10, 2), 0.3, label_norm="l1")
+    listwise = lipo_loss(
+        torch.stack([pc, pr], 1),
+        torch.stack([rc, rr], 1),
+        torch.tensor([[1.0, 0.0]]).expand(10, 2),
+        0.3,
+        label_norm="l1",
+    )
     torch.testing.assert_close(listwise, dpo_loss(pc, pr, rc, rr, 0.3))
 
 
 def test_listnet_is_lipo_with_zero_reference_and_unit_beta():
     s, _, labels, mask = random_lists(seed=2)
-    torch.testing.assert_close(listnet_loss(s, labels[..., 1], mask),
-                               naive_lipo(s, torch.zeros_like(s), labels[..., 1], 1.0, mask, "softmax"))
+    torch.testing.assert_close(
+        listnet_loss(s, labels[..., 1], mask),
+        naive_lipo(s, torch.zeros_like(s), labels[..., 1], 1.0, mask, "softmax"),
+    )
 
 
 def test_lipo_hand_computation_three_items():
@@ -155,10 +176,16 @@ def test_all_zero_labels_carry_no_preference_under_l1():
     valid = has_preference(labels, mask)
     assert valid.tolist() == [[False, False], [True, True], [True, False]]
     # under "softmax" every list with two real items orders its items, even with all-zero labels
-    assert has_preference(labels, mask, ("softmax", "l1")).tolist() == [[True, False], [True, True], [True, False]]
+    assert has_preference(labels, mask, ("softmax", "l1")).tolist() == [
+        [True, False],
+        [True, True],
+        [True, False],
+    ]
     assert losses[0].abs().sum() == 0 and losses[2, 1] == 0
     # the mean counts only lists with a preference
-    torch.testing.assert_close(mean_over_lists(losses, valid), torch.stack([losses[1:, 0].mean(), losses[1, 1]]))
+    torch.testing.assert_close(
+        mean_over_lists(losses, valid), torch.stack([losses[1:, 0].mean(), losses[1, 1]])
+    )
 
 
 def test_single_item_list_has_no_preference():
@@ -175,14 +202,25 @@ def test_lipo_losses_columns_equal_single_objective_losses():
     norms = ("l1", "softmax", "l1")
     got = lipo_losses(s, s0, labels, beta, mask, norms)
     for j in range(3):
-        torch.testing.assert_close(got[:, j], naive_lipo(s, s0, labels[..., j], beta[j].item(), mask, norms[j]))
+        torch.testing.assert_close(
+            got[:, j], naive_lipo(s, s0, labels[..., j], beta[j].item(), mask, norms[j])
+        )
     # one beta row per list
     beta_rows = torch.rand(s.shape[0], 3) + 0.5
     got = lipo_losses(s, s0, labels, beta_rows, mask, "softmax")
     for b in range(s.shape[0]):
         for j in range(3):
-            torch.testing.assert_close(got[b, j], lipo_loss(s[b:b + 1], s0[b:b + 1], labels[b:b + 1, :, j],
-                                                            beta_rows[b, j].item(), mask[b:b + 1], "softmax")[0])
+            torch.testing.assert_close(
+                got[b, j],
+                lipo_loss(
+                    s[b : b + 1],
+                    s0[b : b + 1],
+                    labels[b : b + 1, :, j],
+                    beta_rows[b, j].item(),
+                    mask[b : b + 1],
+                    "softmax",
+                )[0],
+            )
 
 
 def test_one_hot_w_reduces_to_single_objective_dpo():
@@ -202,7 +240,8 @@ def test_scalarize_and_cosine_penalty_by_hand():
     assert cosine_penalty(L, w).item() == pytest.approx(1.0)
     # G_w = +cos(w, L): L = (3, 1) points away from w, smaller G_w
     assert cosine_penalty(torch.tensor([3.0, 1.0]), w).item() == pytest.approx(
-        (0.75 + 0.75) / (math.sqrt(0.625) * math.sqrt(10)))
+        (0.75 + 0.75) / (math.sqrt(0.625) * math.sqrt(10))
+    )
     # batched, with per-list weights
     Lb = torch.tensor([[1.0, 3.0], [2.0, 0.0]])
     wb = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
@@ -217,7 +256,9 @@ def test_scalarize_and_cosine_penalty_by_hand():
     # so gradient descent on lambda G_w raises L_1 (weight .25) and lowers L_2 (weight .75)
     Lg = torch.tensor([2.0, 2.0], requires_grad=True)
     cosine_penalty(Lg, w).backward()
-    torch.testing.assert_close(Lg.grad, torch.tensor([-1.0, 1.0]) * 0.25 / (2 * math.sqrt(2) * math.sqrt(0.625)))
+    torch.testing.assert_close(
+        Lg.grad, torch.tensor([-1.0, 1.0]) * 0.25 / (2 * math.sqrt(2) * math.sqrt(0.625))
+    )
 
 
 @pytest.mark.parametrize("w", [(0.25, 0.75), (0.5, 0.5), (0.9, 0.1)])
@@ -246,8 +287,9 @@ def test_rescaled_model_at_c_beta_has_the_same_loss(c):
     s, s0, labels, mask = random_lists(seed=6)
     beta = 0.8
     moved = rescale_temperature(s, s0, c)
-    torch.testing.assert_close(lipo_loss(moved, s0, labels[..., 0], c * beta, mask),
-                               lipo_loss(s, s0, labels[..., 0], beta, mask))
+    torch.testing.assert_close(
+        lipo_loss(moved, s0, labels[..., 0], c * beta, mask), lipo_loss(s, s0, labels[..., 0], beta, mask)
+    )
     assert rescale_temperature(s, s0, 1.0).equal(s)
 
 
@@ -260,8 +302,9 @@ def test_compose_temperature_identity():
     # beta_j * (s - s0) = beta_bar_j * (net - s0), so the losses agree objective by objective
     for j in range(2):
         torch.testing.assert_close(beta[j] * (composed - s0), beta_bar[j] * (net - s0))
-    torch.testing.assert_close(lipo_losses(composed, s0, labels, beta, mask),
-                               lipo_losses(net, s0, labels, beta_bar, mask))
+    torch.testing.assert_close(
+        lipo_losses(composed, s0, labels, beta, mask), lipo_losses(net, s0, labels, beta_bar, mask)
+    )
     # per-list temperatures
     beta_rows = torch.tensor([[0.7, 1.4], [1.0, 1.0], [0.67, 1.5], [1.2, 0.9], [1, 1], [2, 1]])
     composed = compose_temperature(net, s0, beta_rows)
@@ -279,14 +322,18 @@ def test_modpo_hand_formula_and_reduction():
     r = (s - s0 - 0.3 * (unit[..., 1] - s0) - 0.2 * (unit[..., 2] - s0)) / 0.5
     torch.testing.assert_close(got, lipo_loss(r, torch.zeros_like(r), labels[..., 0], 0.9, mask))
     # at a unit weight MO-DPO is plain DPO on that objective
-    torch.testing.assert_close(modpo_loss(s, s0, unit, labels[..., 1], torch.tensor([0.0, 1.0, 0.0]), 1, 0.9, mask),
-                               lipo_loss(s, s0, labels[..., 1], 0.9, mask))
+    torch.testing.assert_close(
+        modpo_loss(s, s0, unit, labels[..., 1], torch.tensor([0.0, 1.0, 0.0]), 1, 0.9, mask),
+        lipo_loss(s, s0, labels[..., 1], 0.9, mask),
+    )
 
 
 def test_modpo_guards_vanishing_weight():
     s, s0, labels, mask = random_lists(m=2, seed=9)
     with pytest.raises(ValueError, match="w\\[objective\\]"):
-        modpo_loss(s, s0, torch.randn(*s.shape, 2), labels[..., 0], torch.tensor([0.001, 0.999]), 0, 1.0, mask)
+        modpo_loss(
+            s, s0, torch.randn(*s.shape, 2), labels[..., 0], torch.tensor([0.001, 0.999]), 0, 1.0, mask
+        )
 
 
 # ------------------------------------------------------------------------------------------- Dirichlet
@@ -302,8 +349,9 @@ def test_sample_weights_moments_match_dirichlet():
     torch.testing.assert_close(w.mean(0), mean, atol=4e-3, rtol=0)
     torch.testing.assert_close(w.var(0), var, atol=2e-3, rtol=0)
     # E[log w_j] = digamma(alpha_j) - digamma(alpha_0): checks the shape of the law, not only moments
-    torch.testing.assert_close(w.clamp_min(1e-300).log().mean(0), torch.digamma(alpha) - torch.digamma(a0),
-                               atol=3e-2, rtol=0)
+    torch.testing.assert_close(
+        w.clamp_min(1e-300).log().mean(0), torch.digamma(alpha) - torch.digamma(a0), atol=3e-2, rtol=0
+    )
 
 
 def test_sample_weights_reproducible_and_tiny_alpha():
@@ -328,12 +376,14 @@ def test_sample_weights_resume_continues_the_same_draws():
 def test_vertex_prob_draws_unit_vectors_at_that_rate():
     """Issue 13 variant: with vertex_prob p a call's rows are one e_j (j uniform) with probability p, else
     Dir(alpha); p = 0 leaves the paper's draws untouched (same Generator stream)."""
+
     def draws(p, num=4000, rows=1):
         rng = np.random.default_rng(0)
         return torch.stack([sample_weights([0.5, 0.5, 0.5], rows, rng, vertex_prob=p) for _ in range(num)])
 
     def is_vertex(w):
         return (w == 1).any(-1)
+
     assert not is_vertex(draws(0.0)).any()  # Dir(alpha) never draws a vertex exactly
     assert abs(is_vertex(draws(0.25)).float().mean() - 0.25) < 0.03
     ones = draws(1.0, rows=2)
@@ -342,10 +392,13 @@ def test_vertex_prob_draws_unit_vectors_at_that_rate():
     torch.testing.assert_close(draws(0.0, 5)[:, 0], sample_weights([0.5] * 3, 5, np.random.default_rng(0)))
 
 
-# ------------------------------------------------------------------------------------------- bad input
-def test_bad_labels_give_clear_errors():
-    s, s0, labels, mask = random_lists(m=2)
-    with pytest.raises(ValueError, match='labels must be >= 0 for label_norm="l1"'):
-        lipo_loss(s, s0, -labels[..., 0] - 1, 1.0)
-    with pytest.raises(ValueError, match='label_norm must be "l1" or "softmax"'):
-        lipo_loss(s, s0, labels[..., 0], 1.0, label_norm="l2")
+def test_lipo_losses_returns_the_has_preference_mask_of_its_own_normalisation():
+    """return_valid gives has_preference's mask from the one normalisation the losses used, and the same losses."""
+    s, s0, labels, mask = random_lists(B=8, m=3, seed=5)
+    labels[1] = 0.0  # a list with all-zero labels: no preference under "l1"
+    mask[2, 1:] = False  # a single-item list: nothing to order
+    norms = ("l1", "softmax", "l1")
+    losses, valid = lipo_losses(s, s0, labels, 0.7, mask, norms, return_valid=True)
+    torch.testing.assert_close(losses, lipo_losses(s, s0, labels, 0.7, mask, norms), rtol=0, atol=0)
+    assert torch.equal(valid, has_preference(labels, mask, norms))
+    assert not valid[1, 0] and valid[1, 1] and not valid[2].any()

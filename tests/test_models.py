@@ -1,10 +1,21 @@
 """Tests for the ranking part of models.py: padding, list equivariance, conditioning on w and beta_bar,
 augmentation, FiLM on w (issue 13), post-training control (Eq. 14-15), checkpoint loading."""
+
 import pytest
 import torch
 
-from models import (CHECKPOINT_VERSION, Ranker, RankerConfig, TrainedRanker, count_parameters, interpolate_states,
-                    load_checkpoint, ranker_from, resolve_device, steered_scores)
+from models import (
+    CHECKPOINT_VERSION,
+    Ranker,
+    RankerConfig,
+    TrainedRanker,
+    count_parameters,
+    interpolate_states,
+    load_checkpoint,
+    ranker_from,
+    resolve_device,
+    steered_scores,
+)
 
 
 def tiny(**kw):
@@ -110,7 +121,8 @@ def test_steered_scores_follow_eq_14_and_15():
     torch.testing.assert_close(steered_scores(model, x, mask, ref, w, c=2.0), 0.5 * ref + 0.5 * s)  # Eq. 14
     tcos = tiny(num_objectives=2, temperature_input=True, parametrization="augment")
     net = tcos(x, mask, w=torch.tensor(w), beta_bar=torch.tensor([0.25, 0.75]), ref_scores=ref)
-    torch.testing.assert_close(steered_scores(tcos, x, mask, ref, w, beta=[0.5, 1.5]), net / 2 + ref / 2)  # Eq. 15
+    # Eq. 15
+    torch.testing.assert_close(steered_scores(tcos, x, mask, ref, w, beta=[0.5, 1.5]), net / 2 + ref / 2)
 
 
 def test_load_checkpoint_gives_one_line_errors(tmp_path):
@@ -121,8 +133,12 @@ def test_load_checkpoint_gives_one_line_errors(tmp_path):
     truncated.write_bytes(good.read_bytes()[:200])
     foreign = tmp_path / "foreign.pt"
     torch.save({"kind": "something else"}, foreign)
-    for path, message in ((truncated, "cannot be read"), (tmp_path / "missing.pt", "no such file"),
-                          (foreign, "found 'something else'"), (good, "expected a 'cosdpo-ltr-base' checkpoint")):
+    for path, message in (
+        (truncated, "cannot be read"),
+        (tmp_path / "missing.pt", "no such file"),
+        (foreign, "found 'something else'"),
+        (good, "expected a 'cosdpo-ltr-base' checkpoint"),
+    ):
         with pytest.raises(ValueError, match=message) as err:
             load_checkpoint(str(path), "cosdpo-ltr-base" if path == good else "cosdpo-ltr")
         assert str(path) in str(err.value) and "\n" not in str(err.value)
@@ -130,8 +146,10 @@ def test_load_checkpoint_gives_one_line_errors(tmp_path):
 
 def test_trained_ranker_refuses_an_older_or_unfinished_model_pt(tmp_path):
     path = str(tmp_path / "model.pt")
-    for ckpt, message in ((dict(kind="cosdpo-ltr", version=1, complete=True), "older train_ltr.py"),
-                          (dict(kind="cosdpo-ltr", version=CHECKPOINT_VERSION, complete=False), "unfinished run")):
+    for ckpt, message in (
+        (dict(kind="cosdpo-ltr", version=1, complete=True), "older train_ltr.py"),
+        (dict(kind="cosdpo-ltr", version=CHECKPOINT_VERSION, complete=False), "unfinished run"),
+    ):
         torch.save(ckpt, path)
         with pytest.raises(ValueError, match=message):
             TrainedRanker.load(path)
@@ -148,7 +166,8 @@ def test_resolve_device():
 def test_parameter_count():
     model = tiny(num_objectives=2)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
-    assert count_parameters(model) - count_parameters(tiny()) == 2 * 8  # w adds one input column per objective
+    # w adds one input column per objective
+    assert count_parameters(model) - count_parameters(tiny()) == 2 * 8
 
 
 def test_zero_initialised_film_is_exactly_the_paper_network():
@@ -158,7 +177,8 @@ def test_zero_initialised_film_is_exactly_the_paper_network():
     x, mask = batch()
     for w in (torch.tensor([0.3, 0.7]), torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])):
         assert torch.equal(film(x, mask, w=w), paper(x, mask, w=w))
-    assert count_parameters(film) - count_parameters(paper) == (2 + 1) * 2 * 8 * 3  # m -> 2 * hidden * (L + 1)
+    # m -> 2 * hidden * (L + 1)
+    assert count_parameters(film) - count_parameters(paper) == (2 + 1) * 2 * 8 * 3
 
 
 def test_film_conditions_every_site_on_w():

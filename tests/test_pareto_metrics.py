@@ -4,6 +4,7 @@ compared with naive Python loops (NDCG), brute-force inclusion-exclusion and Mon
 
 Run: python -m pytest tests/test_pareto_metrics.py -q
 """
+
 import ast
 import itertools
 import math
@@ -28,31 +29,32 @@ def ndcg1(scores, gains, **kw):
 
 # ---------------------------------------------------------------- ndcg_at_k: hand computations
 
+
 def test_ndcg_simple_list():
     # ranking by score: gains 0, 1, 2 at ranks 1, 2, 3
     # DCG  = 0/1 + 1/log2(3) + 2/log2(4) = 0.6309 + 1.0
     # IDCG = 2/1 + 1/log2(3) + 0/log2(4) = 2.0 + 0.6309
-    expected = (1 / L3 + 2 / 2) / (2 + 1 / L3)                     # 0.61991
+    expected = (1 / L3 + 2 / 2) / (2 + 1 / L3)  # 0.61991
     assert ndcg1([3, 2, 1], [0, 1, 2]) == pytest.approx(expected, rel=1e-12)
-    assert ndcg1([1, 2, 3], [0, 1, 2]) == pytest.approx(1.0)          # perfect order
+    assert ndcg1([1, 2, 3], [0, 1, 2]) == pytest.approx(1.0)  # perfect order
 
 
 def test_ndcg_linear_gains_and_ties_in_gains():
     # gains 1, 2, 2, 0 at ranks 1..4 (linear gains: a label of 2 counts 2, not 2^2 - 1 = 3)
     # DCG  = 1 + 2/log2(3) + 2/2 + 0           = 2 + 2/log2(3)
     # IDCG = 2 + 2/log2(3) + 1/2 + 0 (tied gains: either 2 first, same value)
-    expected = (2 + 2 / L3) / (2.5 + 2 / L3)                        # 0.86709
+    expected = (2 + 2 / L3) / (2.5 + 2 / L3)  # 0.86709
     assert ndcg1([4, 3, 2, 1], [1, 2, 2, 0]) == pytest.approx(expected, rel=1e-12)
 
 
 def test_ndcg_cutoff_k_smaller_and_larger_than_n():
     scores, gains = [4, 3, 2, 1], [1, 0, 3, 2]
     # k = 2: DCG@2 = 1/1 + 0 = 1; IDCG@2 = 3/1 + 2/log2(3)
-    assert ndcg1(scores, gains, k=2) == pytest.approx(1 / (3 + 2 / L3), rel=1e-12)   # 0.23464
+    assert ndcg1(scores, gains, k=2) == pytest.approx(1 / (3 + 2 / L3), rel=1e-12)  # 0.23464
     # k = 4 (whole list): DCG = 1 + 0 + 3/2 + 2/log2(5); IDCG = 3 + 2/log2(3) + 1/2 + 0
-    full = (1 + 1.5 + 2 / math.log2(5)) / (3.5 + 2 / L3)           # 0.70589
+    full = (1 + 1.5 + 2 / math.log2(5)) / (3.5 + 2 / L3)  # 0.70589
     assert ndcg1(scores, gains, k=4) == pytest.approx(full, rel=1e-12)
-    assert ndcg1(scores, gains, k=100) == pytest.approx(full, rel=1e-12)    # k > n: whole list
+    assert ndcg1(scores, gains, k=100) == pytest.approx(full, rel=1e-12)  # k > n: whole list
 
 
 def test_ndcg_ties_in_scores_average_and_first():
@@ -61,7 +63,7 @@ def test_ndcg_ties_in_scores_average_and_first():
     # order (1, 0, 2): DCG = 0/1 + 2/log2(3) + 1/2 = 2/log2(3) + 0.5
     # IDCG = 2 + 1/log2(3)
     idcg = 2 + 1 / L3
-    average = ((2.5) + (2 / L3 + 0.5)) / 2 / idcg                     # 0.80996: mean over both orders
+    average = ((2.5) + (2 / L3 + 0.5)) / 2 / idcg  # 0.80996: mean over both orders
     assert ndcg1([1, 1, 0], [2, 0, 1]) == pytest.approx(average, rel=1e-12)
     assert ndcg1([1, 1, 0], [2, 0, 1], ties="first") == pytest.approx(2.5 / idcg, rel=1e-12)
     # "first" breaks ties by item index: swapping the two tied items changes the value ...
@@ -94,8 +96,9 @@ def test_ndcg_padded_item_does_not_join_a_tie_group():
     # real items 0, 1 tie (score 1), gains 1, 0; a padded item also has score 1.
     # average over the two real orders: DCG = (1/1 + 1/log2(3)) / 2; IDCG = 1
     # (if the pad joined the group, item 0's discount would be averaged over 3 ranks instead)
-    out = ndcg_at_k(np.array([[1.0, 1.0, 1.0]]), np.array([[1.0, 0.0, 5.0]]),
-                    mask=np.array([[True, True, False]]))
+    out = ndcg_at_k(
+        np.array([[1.0, 1.0, 1.0]]), np.array([[1.0, 0.0, 5.0]]), mask=np.array([[True, True, False]])
+    )
     assert out[0] == pytest.approx((1 + 1 / L3) / 2, rel=1e-12)
 
 
@@ -105,11 +108,11 @@ def test_ndcg_idcg_zero_convention():
     mask = np.array([[True, True, True], [True, True, True], [True, True, False]])
     # row 0: no positive gain; row 2: its only positive gain is padded -> both have IDCG = 0
     out = ndcg_at_k(scores, gains, mask=mask)
-    np.testing.assert_allclose(out, [0.0, 1 / L3, 0.0], rtol=1e-12)   # default idcg_zero = 0.0
+    np.testing.assert_allclose(out, [0.0, 1 / L3, 0.0], rtol=1e-12)  # default idcg_zero = 0.0
     out = ndcg_at_k(scores, gains, mask=mask, idcg_zero=float("nan"))
     assert np.isnan(out[0]) and np.isnan(out[2]) and out[1] == pytest.approx(1 / L3)
-    assert np.nanmean(out) == pytest.approx(1 / L3)                    # "skip" convention
-    out = ndcg_at_k(scores, gains, mask=mask, idcg_zero=1.0)            # LightGBM's convention
+    assert np.nanmean(out) == pytest.approx(1 / L3)  # "skip" convention
+    out = ndcg_at_k(scores, gains, mask=mask, idcg_zero=1.0)  # LightGBM's convention
     np.testing.assert_allclose(out, [1.0, 1 / L3, 1.0], rtol=1e-12)
 
 
@@ -126,6 +129,7 @@ def test_ndcg_returns_the_kind_it_was_given():
 
 
 # ---------------------------------------------------------------- ndcg_at_k: vectorised vs naive
+
 
 def naive_ndcg(scores, gains, length, k, ties, idcg_zero):
     """One query in plain Python: the first `length` items are real.
@@ -144,8 +148,11 @@ def naive_ndcg(scores, gains, length, k, ties, idcg_zero):
         return idcg_zero
     if ties == "first":
         return dcg(sorted(items, key=lambda i: (-scores[i], i))) / ideal
-    valid = [p for p in itertools.permutations(items)
-             if all(scores[p[r]] >= scores[p[r + 1]] for r in range(len(p) - 1))]
+    valid = [
+        p
+        for p in itertools.permutations(items)
+        if all(scores[p[r]] >= scores[p[r + 1]] for r in range(len(p) - 1))
+    ]
     return sum(dcg(p) for p in valid) / len(valid) / ideal
 
 
@@ -153,19 +160,20 @@ def naive_ndcg(scores, gains, length, k, ties, idcg_zero):
 def test_ndcg_vectorised_matches_naive_loop(ties):
     rng = np.random.default_rng(0)
     B, n = 40, 6
-    scores = rng.integers(0, 3, size=(B, n)).astype(float)      # few values -> many ties
+    scores = rng.integers(0, 3, size=(B, n)).astype(float)  # few values -> many ties
     gains = rng.integers(0, 4, size=(B, n)).astype(float)
-    lengths = rng.integers(0, n + 1, size=B)                     # includes empty lists
-    mask = np.arange(n)[None, :] < lengths[:, None]              # (B, n) real items first
-    scores[~mask] = 99.0                                         # padding that would win if counted
+    lengths = rng.integers(0, n + 1, size=B)  # includes empty lists
+    mask = np.arange(n)[None, :] < lengths[:, None]  # (B, n) real items first
+    scores[~mask] = 99.0  # padding that would win if counted
     gains[~mask] = 7.0
     for k in (1, 3, 10):
         out = ndcg_at_k(scores, gains, k=k, mask=mask, ties=ties, idcg_zero=-1.0)
         expected = [naive_ndcg(scores[b], gains[b], lengths[b], k, ties, -1.0) for b in range(B)]
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
         # the torch path gives the same numbers
-        out_t = ndcg_at_k(torch.tensor(scores), torch.tensor(gains), k=k,
-                          mask=torch.tensor(mask), ties=ties, idcg_zero=-1.0)
+        out_t = ndcg_at_k(
+            torch.tensor(scores), torch.tensor(gains), k=k, mask=torch.tensor(mask), ties=ties, idcg_zero=-1.0
+        )
         np.testing.assert_allclose(out_t.numpy(), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -181,10 +189,14 @@ def test_ndcg_several_objectives_share_one_sort_and_evalsplit_is_the_per_query_m
         np.testing.assert_allclose(out[:, j], ndcg_at_k(scores, gains[..., j], k=3, mask=mask), atol=1e-12)
     # EvalSplit (batches, gains and ideal DCGs built once) = the mean over queries of the per-query NDCG@10
     lengths = mask.sum(1)
-    split = data.RankingSplit(features=np.zeros((lengths.sum(), data.NUM_INPUTS), np.float32),
-                              relevance=gains[mask][:, 0].astype(np.float32), aux=gains[mask][:, 1:].astype(np.float32),
-                              aux_raw=gains[mask][:, 1:].astype(np.float32),
-                              offsets=np.concatenate([[0], np.cumsum(lengths)]), qids=np.arange(B))
+    split = data.RankingSplit(
+        features=np.zeros((lengths.sum(), data.NUM_INPUTS), np.float32),
+        relevance=gains[mask][:, 0].astype(np.float32),
+        aux=gains[mask][:, 1:].astype(np.float32),
+        aux_raw=gains[mask][:, 1:].astype(np.float32),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]),
+        qids=np.arange(B),
+    )
     doc_scores = torch.from_numpy(scores[mask]).float()
     for max_docs in (6, 64, 1 << 16):  # any batching gives the same means
         aux, main = EvalSplit(split, max_docs).ndcg(doc_scores)
@@ -193,6 +205,7 @@ def test_ndcg_several_objectives_share_one_sort_and_evalsplit_is_the_per_query_m
 
 
 # ---------------------------------------------------------------- non_dominated
+
 
 def test_non_dominated_simple_front():
     pts = np.array([[1, 3], [2, 2], [3, 1], [1, 1], [2, 1]], dtype=float)
@@ -212,14 +225,14 @@ def test_non_dominated_duplicates():
 
 def test_non_dominated_m1_and_m3():
     np.testing.assert_array_equal(non_dominated([[3], [1], [3], [2]]), [True, False, True, False])
-    pts = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [.5, .5, .5], [.4, .4, .4], [1, 0, 0], [1, 0, -1]]
+    pts = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0.5], [0.4, 0.4, 0.4], [1, 0, 0], [1, 0, -1]]
     # (.4,.4,.4) < (.5,.5,.5); (1,0,-1) is worse than (1,0,0) in the last coordinate only
     np.testing.assert_array_equal(non_dominated(pts), [True, True, True, True, False, True, False])
 
 
 def test_non_dominated_matches_naive_loop_and_kinds():
     rng = np.random.default_rng(1)
-    pts = rng.integers(0, 4, size=(30, 3)).astype(float)        # small ints: ties and duplicates
+    pts = rng.integers(0, 4, size=(30, 3)).astype(float)  # small ints: ties and duplicates
     naive = [not any(all(q >= p) and any(q > p) for q in pts) for p in pts]
     np.testing.assert_array_equal(non_dominated(pts), naive)
     out_t = non_dominated(torch.tensor(pts))
@@ -228,6 +241,7 @@ def test_non_dominated_matches_naive_loop_and_kinds():
 
 
 # ---------------------------------------------------------------- hypervolume: hand computations
+
 
 def test_hypervolume_2d_by_hand():
     # boxes from ref (0,0) to (1,3), (2,2), (3,1); sweep over x:
@@ -282,18 +296,19 @@ def test_hypervolume_accepts_torch_and_minimise_mirrors_maximise():
 
 def test_hypervolume_without_a_point_dominating_ref_raises():
     with pytest.raises(ValueError, match="reference point"):
-        hypervolume([[1.0, -1.0], [-1.0, 1.0]], [0.0, 0.0])           # no point dominates ref
+        hypervolume([[1.0, -1.0], [-1.0, 1.0]], [0.0, 0.0])  # no point dominates ref
     with pytest.raises(ValueError, match="reference point"):
-        hypervolume([[0.5, 0.5]], [1.1, 1.1], maximize=True)         # wrong direction
+        hypervolume([[0.5, 0.5]], [1.1, 1.1], maximize=True)  # wrong direction
     with pytest.raises(ValueError, match="reference point"):
-        hypervolume(np.zeros((0, 2)), [0.0, 0.0])                    # empty front
+        hypervolume(np.zeros((0, 2)), [0.0, 0.0])  # empty front
 
 
 # ---------------------------------------------------------------- hypervolume: brute force, Monte Carlo
 
+
 def inclusion_exclusion_hv(pts, ref):
     """Exact union volume of the boxes [ref, p] by inclusion-exclusion over all subsets (max)."""
-    sides = np.clip(np.asarray(pts, float) - ref, 0, None)      # (P, m) box sides, 0 if outside
+    sides = np.clip(np.asarray(pts, float) - ref, 0, None)  # (P, m) box sides, 0 if outside
     total = 0.0
     for size in range(1, len(sides) + 1):
         for subset in itertools.combinations(range(len(sides)), size):
@@ -305,23 +320,23 @@ def inclusion_exclusion_hv(pts, ref):
 def test_hypervolume_matches_inclusion_exclusion(m):
     rng = np.random.default_rng(m)
     for P in (4, 7, 10):
-        pts = rng.random((P, m))                                   # dominated points included
+        pts = rng.random((P, m))  # dominated points included
         ref = rng.random(m) * 0.3
-        pts[0] = ref + 0.5                                         # at least one point dominates ref
+        pts[0] = ref + 0.5  # at least one point dominates ref
         assert hypervolume(pts, ref) == pytest.approx(inclusion_exclusion_hv(pts, ref), rel=1e-10)
 
 
 def test_hypervolume_monte_carlo_5d():
     rng = np.random.default_rng(4)
     pts = np.abs(rng.normal(size=(11, 5)))
-    pts /= np.linalg.norm(pts, axis=1, keepdims=True)              # on the unit sphere: a real front
+    pts /= np.linalg.norm(pts, axis=1, keepdims=True)  # on the unit sphere: a real front
     assert non_dominated(pts).all()
     ref = np.zeros(5)
-    hi = pts.max(axis=0)                                           # the dominated region lies in [ref, hi]
+    hi = pts.max(axis=0)  # the dominated region lies in [ref, hi]
     n = 200_000
-    x = ref + rng.random((n, 5)) * (hi - ref)                      # (n, 5) uniform samples in the box
+    x = ref + rng.random((n, 5)) * (hi - ref)  # (n, 5) uniform samples in the box
     covered = np.zeros(n, dtype=bool)
-    for p in pts:                                                  # x is dominated if some p >= x
+    for p in pts:  # x is dominated if some p >= x
         covered |= np.all(x <= p, axis=1)
     frac, box = covered.mean(), np.prod(hi - ref)
     stderr = box * math.sqrt(frac * (1 - frac) / n)
@@ -330,8 +345,9 @@ def test_hypervolume_monte_carlo_5d():
 
 # ---------------------------------------------------------------- weight_grid
 
+
 def test_weight_grid_m2_is_the_paper_grid():
-    t = np.arange(11) / 10                                          # 0, 0.1, ..., 1
+    t = np.arange(11) / 10  # 0, 0.1, ..., 1
     np.testing.assert_allclose(weight_grid(2), np.stack([t, 1 - t], axis=1), atol=1e-15)
     assert weight_grid(2, num=3).tolist() == [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]
 
@@ -346,29 +362,31 @@ def test_weight_grid_rows_on_the_simplex(m):
 
 def test_weight_grid_m5_fixed_set():
     w = weight_grid(5)
-    np.testing.assert_array_equal(w, weight_grid(5))               # deterministic across calls
-    np.testing.assert_array_equal(w[:5], np.eye(5))                # unit vectors first
-    np.testing.assert_array_equal(w[5], np.full(5, 0.2))           # then the centroid
-    assert len(np.unique(w, axis=0)) == 11                          # the Dirichlet draws are new points
+    np.testing.assert_array_equal(w, weight_grid(5))  # deterministic across calls
+    np.testing.assert_array_equal(w[:5], np.eye(5))  # unit vectors first
+    np.testing.assert_array_equal(w[5], np.full(5, 0.2))  # then the centroid
+    assert len(np.unique(w, axis=0)) == 11  # the Dirichlet draws are new points
     other = weight_grid(5, seed=1)
-    np.testing.assert_array_equal(other[:6], w[:6])                # fixed part does not depend on seed
-    assert not np.allclose(other[6:], w[6:])                       # random part does
-    np.testing.assert_array_equal(weight_grid(5, num=8), w[:8])    # a smaller grid is a prefix
+    np.testing.assert_array_equal(other[:6], w[:6])  # fixed part does not depend on seed
+    assert not np.allclose(other[6:], w[6:])  # random part does
+    np.testing.assert_array_equal(weight_grid(5, num=8), w[:8])  # a smaller grid is a prefix
 
 
 def test_weight_grid_m1_and_too_few_weights():
     assert weight_grid(1, num=1).tolist() == weight_grid(1).tolist() == [[1.0]]  # the simplex is one point
-    for kwargs in (dict(m=2, num=1), dict(m=5, num=5), dict(m=3, num=0)):   # end points / e_j and centroid
+    for kwargs in (dict(m=2, num=1), dict(m=5, num=5), dict(m=3, num=0)):  # end points / e_j and centroid
         with pytest.raises(ValueError, match="num must be at least"):
             weight_grid(**kwargs)
 
 
 # ---------------------------------------------------------------- module hygiene
 
+
 def test_pareto_imports_no_training_script_and_matplotlib_only_to_plot():
     """One-way imports: pareto sits below train_ltr / train_llm; importing it stays light."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pareto.py")
     tree = ast.parse(open(path).read())
+
     def imported(nodes):
         names = set()
         for node in nodes:
@@ -377,6 +395,20 @@ def test_pareto_imports_no_training_script_and_matplotlib_only_to_plot():
             elif isinstance(node, ast.ImportFrom):
                 names.add(node.module.split(".")[0])
         return names
+
     assert not imported(ast.walk(tree)) & {"train_ltr", "train_llm"}
-    assert imported(tree.body) <= {"argparse", "contextlib", "csv", "functools", "itertools", "json", "os", "sys", "numpy", "torch", "data",
-                                   "models", "losses"}, imported(tree.body)
+    assert imported(tree.body) <= {
+        "argparse",
+        "contextlib",
+        "csv",
+        "functools",
+        "itertools",
+        "json",
+        "os",
+        "sys",
+        "numpy",
+        "torch",
+        "data",
+        "models",
+        "losses",
+    }, imported(tree.body)

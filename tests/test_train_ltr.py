@@ -2,6 +2,7 @@
 
 Run: python -m pytest tests/test_train_ltr.py -q
 """
+
 import json
 import os
 import re
@@ -15,17 +16,40 @@ import pareto
 import train_ltr
 from models import TrainedRanker, ranker_from
 
-TINY = ["--epochs", "3", "--base-epochs", "2", "--hidden", "16", "--base-hidden", "16", "--layers", "1",
-        "--base-layers", "1", "--max-docs", "1024", "--log-every", "5", "--eval-every", "1", "--quiet", "--threads", "1",
-        "--min-steps", "1"]
+TINY = [
+    "--epochs",
+    "3",
+    "--base-epochs",
+    "2",
+    "--hidden",
+    "16",
+    "--base-hidden",
+    "16",
+    "--layers",
+    "1",
+    "--base-layers",
+    "1",
+    "--max-docs",
+    "1024",
+    "--log-every",
+    "5",
+    "--eval-every",
+    "1",
+    "--quiet",
+    "--threads",
+    "1",
+    "--min-steps",
+    "1",
+]
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """80 / 30 / 30 queries in the MSLR text format, through the same loader as MSLR-WEB10K."""
     path = str(tmp_path_factory.mktemp("tiny"))
-    data_lib.write_synthetic(path, seed=0, train_queries=80, vali_queries=30, test_queries=30, median_list_len=20,
-                             max_list_len=60)
+    data_lib.write_synthetic(
+        path, seed=0, train_queries=80, vali_queries=30, test_queries=30, median_list_len=20, max_list_len=60
+    )
     return path
 
 
@@ -33,8 +57,15 @@ def tiny_data(tmp_path_factory):
 def small_data(tmp_path_factory):
     """A larger set where a few epochs of W-COS-DPO learn a visible trade-off."""
     path = str(tmp_path_factory.mktemp("small"))
-    data_lib.write_synthetic(path, seed=0, train_queries=200, vali_queries=50, test_queries=80, median_list_len=30,
-                             max_list_len=100)
+    data_lib.write_synthetic(
+        path,
+        seed=0,
+        train_queries=200,
+        vali_queries=50,
+        test_queries=80,
+        median_list_len=30,
+        max_list_len=100,
+    )
     return path
 
 
@@ -66,16 +97,51 @@ def epoch_losses(out, name):
 def wcos_run(small_data, tmp_path_factory):
     """One W-COS-DPO run shared by the tests that read its outputs."""
     out = str(tmp_path_factory.mktemp("wcos"))
-    assert run(["--data-dir", small_data, "--out", out, "--epochs", "10", "--base-epochs", "4", "--base-hidden", "32",
-                "--max-docs", "2048", "--log-every", "50", "--eval-every", "10", "--quiet", "--threads", "1",
-                "--min-steps", "1"]) == 0  # W-COS-DPO: 3 x 10 epochs
+    # W-COS-DPO: 3 x 10 epochs
+    assert (
+        run(
+            [
+                "--data-dir",
+                small_data,
+                "--out",
+                out,
+                "--epochs",
+                "10",
+                "--base-epochs",
+                "4",
+                "--base-hidden",
+                "32",
+                "--max-docs",
+                "2048",
+                "--log-every",
+                "50",
+                "--eval-every",
+                "10",
+                "--quiet",
+                "--threads",
+                "1",
+                "--min-steps",
+                "1",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 # ---------------------------------------------------------------------------------------------------------
 def test_wcos_run_writes_the_promised_outputs(wcos_run):
     res = results_of(wcos_run)
-    for key in ("method", "objectives", "weights", "aux_ndcg", "main_ndcg", "hypervolume", "train_seconds", "num_params"):
+    for key in (
+        "method",
+        "objectives",
+        "weights",
+        "aux_ndcg",
+        "main_ndcg",
+        "hypervolume",
+        "train_seconds",
+        "num_params",
+    ):
         assert key in res, key
     assert res["method"] == "wcos" and res["objectives"] == ["query_url_clicks", "url_clicks"]
     assert np.array(res["weights"]).shape == (11, 2) and np.array(res["aux_ndcg"]).shape == (11, 2)
@@ -181,9 +247,14 @@ def test_base_stops_after_patience_epochs_without_a_better_validation_ndcg(tiny_
     out = str(tmp_path / "patience")
     tiny = TINY.copy()
     tiny[3] = "12"  # --base-epochs: the cap
-    assert run(["--data-dir", tiny_data, "--out", out, "--base-patience", "2", "--epochs", "1"] + tiny[2:]) == 0
+    assert (
+        run(["--data-dir", tiny_data, "--out", out, "--base-patience", "2", "--epochs", "1"] + tiny[2:]) == 0
+    )
     log = open(os.path.join(out, "train.log")).read()
-    vals = [float(v) for v in re.findall(r"\[base\] epoch +\d+ \| listnet [0-9.]+ \| val NDCG@10 main ([0-9.]+)", log)]
+    vals = [
+        float(v)
+        for v in re.findall(r"\[base\] epoch +\d+ \| listnet [0-9.]+ \| val NDCG@10 main ([0-9.]+)", log)
+    ]
     best = int(np.argmax(vals)) + 1  # the first best epoch
     assert len(vals) == best + 2 < 12 and "for 2 epochs: stopped" in log  # this data peaks early
     ckpt = torch.load(os.path.join(out, "base.pt"), weights_only=True)
@@ -220,6 +291,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     def poisoned(*a, **k):
         loss, L = real_step_loss(*a, **k)
         return loss * float("nan"), L
+
     monkeypatch.setattr(train_ltr, "step_loss", poisoned)
     assert run(["--data-dir", tiny_data, "--out", out, "--resume"] + TINY) == 1
     assert "loss became nan" in capsys.readouterr().err
@@ -231,21 +303,31 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
 
 def test_bad_arguments_say_what_is_accepted(tiny_data, tmp_path, capsys):
     base = ["--data-dir", tiny_data, "--out", str(tmp_path / "x")] + TINY
-    for extra, message in ((["--objectives", "I,VI"], "accepted"), (["--alpha", "0"], "--alpha must be > 0"),
-                           (["--beta", "-1"], "--beta must be > 0"), (["--beta", "1,2,3"], "one per objective"),
-                           (["--alpha", "a"], "--alpha must be a number"), (["--hidden", "10"], "multiple of 4")):
+    for extra, message in (
+        (["--objectives", "I,VI"], "accepted"),
+        (["--alpha", "0"], "--alpha must be > 0"),
+        (["--beta", "-1"], "--beta must be > 0"),
+        (["--beta", "1,2,3"], "one per objective"),
+        (["--alpha", "a"], "--alpha must be a number"),
+        (["--hidden", "10"], "multiple of 4"),
+    ):
         assert run(base + extra) == 2, extra
         assert message in capsys.readouterr().err, extra
 
 
-def test_checkpoint_from_other_data_or_objectives_is_refused(tiny_data, small_data, wcos_run, tmp_path, capsys):
+def test_checkpoint_from_other_data_or_objectives_is_refused(
+    tiny_data, small_data, wcos_run, tmp_path, capsys
+):
     out = str(tmp_path / "r")
     assert run(["--data-dir", tiny_data, "--out", out] + TINY) == 0
     assert run(["--data-dir", tiny_data, "--out", out, "--resume", "--objectives", "I,III"] + TINY) == 2
     assert "objectives" in capsys.readouterr().err
     assert run(["--data-dir", small_data, "--out", out, "--resume"] + TINY) == 2
     assert "other data" in capsys.readouterr().err
-    assert run(["--data-dir", tiny_data, "--out", out, "--resume", "--label-transform", "log1p-zscore"] + TINY) == 2
+    assert (
+        run(["--data-dir", tiny_data, "--out", out, "--resume", "--label-transform", "log1p-zscore"] + TINY)
+        == 2
+    )
     assert "label transform is 'none' but this run asks for 'log1p-zscore'" in capsys.readouterr().err
     assert run(["eval", os.path.join(wcos_run, "model.pt"), "--data-dir", tiny_data]) == 2
     assert "other data" in capsys.readouterr().err
@@ -263,7 +345,10 @@ def test_truncated_or_missing_checkpoint_gives_a_one_line_error(wcos_run, tmp_pa
 def test_label_transform_defaults_to_the_papers_raw_labels_and_is_stored(tiny_data, wcos_run, tmp_path):
     """Issue 10: Eq. 8 sees the raw labels unless --label-transform asks otherwise; the choice is recorded."""
     assert results_of(wcos_run)["label_transform"] == "none"
-    assert torch.load(os.path.join(wcos_run, "model.pt"), weights_only=True)["run_config"]["label_transform"] == "none"
+    assert (
+        torch.load(os.path.join(wcos_run, "model.pt"), weights_only=True)["run_config"]["label_transform"]
+        == "none"
+    )
     out = str(tmp_path / "log1p")
     tiny1 = TINY.copy()
     tiny1[1] = "1"
@@ -293,8 +378,9 @@ def test_baselines_tiny_runs(method, num_models, tiny_data, tmp_path, capsys):
     if method == "soup":  # theta_w = w_1 theta_1 + w_2 theta_2, at any w
         soup = trained.model_at([0.25, 0.75]).state_dict()
         k = "head.weight"
-        torch.testing.assert_close(soup[k], 0.25 * trained.models[0].state_dict()[k]
-                                   + 0.75 * trained.models[1].state_dict()[k])
+        torch.testing.assert_close(
+            soup[k], 0.25 * trained.models[0].state_dict()[k] + 0.75 * trained.models[1].state_dict()[k]
+        )
     else:  # one model per evaluation weight, nothing in between
         with pytest.raises(ValueError, match="one model per evaluation weight"):
             trained.model_at([0.25, 0.75])
@@ -336,17 +422,22 @@ def test_penalty_sign_in_training(tiny_data, monkeypatch):
     monkeypatch.setattr(train_ltr, "sample_weights", lambda alpha, num, *_: w.expand(num, 2))
     job = train_ltr.Job("wcos", model.config, steps=1)
 
-    def loss_at(penalty, job=job):
+    def loss_at(penalty, job=job, model=model):
         args = train_ltr.resolve_args(train_ltr.build_parser().parse_args(["--data-dir", tiny_data]))
         args.penalty = penalty
         return train_ltr.step_loss(args, model, batch, ref, job, None)
+
     plain, L = loss_at(0.0)
     cos = (w @ L) / (w.norm() * L.norm())
     torch.testing.assert_close(plain, w @ L)
     torch.testing.assert_close(loss_at(0.2)[0], w @ L - 0.2 * cos)
     torch.testing.assert_close(loss_at(-0.2)[0], w @ L + 0.2 * cos)
-    unit = train_ltr.Job("unit1", model.config, steps=1, fixed_w=[0.3, 0.7])  # a baseline's model: no penalty
-    torch.testing.assert_close(loss_at(0.2, unit)[0], plain)
+    # a baseline's model: no w input
+    single = train_ltr.Ranker(train_ltr.RankerConfig(hidden=8, layers=1, heads=2))
+    unit = train_ltr.Job("unit1", single.config, steps=1, fixed_w=[0.3, 0.7])  # ... and no penalty
+    unit_plain, unit_L = loss_at(0.0, unit, single)
+    torch.testing.assert_close(unit_plain, w @ unit_L)
+    torch.testing.assert_close(loss_at(0.2, unit, single)[0], unit_plain)
 
 
 def test_penalty_is_for_cos_dpo_only_and_betas_for_tcos_only(tiny_data, tmp_path, wcos_run, capsys):
@@ -357,7 +448,10 @@ def test_penalty_is_for_cos_dpo_only_and_betas_for_tcos_only(tiny_data, tmp_path
     assert run(["--data-dir", tiny_data, "--out", a, "--method", "soup"] + tiny1) == 0
     assert run(["--data-dir", tiny_data, "--out", b, "--method", "soup", "--penalty", "0.5"] + tiny1) == 0
     assert results_of(a)["aux_ndcg"] == results_of(b)["aux_ndcg"]
-    assert pareto.main([os.path.join(wcos_run, "model.pt"), "--betas", "1,1", "--out", str(tmp_path / "x.png")]) == 2
+    assert (
+        pareto.main([os.path.join(wcos_run, "model.pt"), "--betas", "1,1", "--out", str(tmp_path / "x.png")])
+        == 2
+    )
     assert "T-COS" in capsys.readouterr().err
 
 
@@ -378,9 +472,11 @@ def test_film_and_vertex_prob_train_resume_and_are_checked(tiny_data, tmp_path, 
     keys = ("aux_ndcg", "main_ndcg", "hypervolume")
     assert {k: results_of(c)[k] for k in keys} == {k: results_of(a)[k] for k in keys}
     base = ["--data-dir", tiny_data, "--out", str(tmp_path / "x")] + TINY
-    for extra, message in ((["--vertex-prob", "0.25", "--w-per-list"], "cannot be combined with --w-per-list"),
-                           (["--vertex-prob", "1.5"], "--vertex-prob must be a probability"),
-                           (["--film", "--method", "soup"], "--method soup has none")):
+    for extra, message in (
+        (["--vertex-prob", "0.25", "--w-per-list"], "cannot be combined with --w-per-list"),
+        (["--vertex-prob", "1.5"], "--vertex-prob must be a probability"),
+        (["--film", "--method", "soup"], "--method soup has none"),
+    ):
         assert run(base + extra) == 2, extra
         assert message in capsys.readouterr().err, extra
 
@@ -403,6 +499,7 @@ def test_frozen_scores_come_from_the_list_the_model_scores(method, tiny_data, tm
         def wrapped(*args, **kwargs):
             events.append((name, [a.detach().clone() if torch.is_tensor(a) else a for a in args]))
             return real(*args, **kwargs)
+
         return wrapped
 
     monkeypatch.setattr(data_lib, "make_batches", spy_batches)
@@ -426,10 +523,13 @@ def test_frozen_scores_come_from_the_list_the_model_scores(method, tiny_data, tm
         if method == "wcos":
             ref = used[1]  # lipo_losses(scores, ref_scores, ...)
             torch.testing.assert_close(ref[batch.mask], cut[batch.mask])
-            assert not torch.allclose(whole[batch.index][batch.mask], cut[batch.mask], atol=1e-4)  # a real difference
+            # a real difference
+            assert not torch.allclose(whole[batch.index][batch.mask], cut[batch.mask], atol=1e-4)
         else:
             units = used[2]  # modpo_loss(scores, ref_scores, unit_scores, ...)
-            expected = torch.stack([ranker_from(job)(batch.features, batch.mask) for job in ckpt["jobs"][:2]], -1)
+            expected = torch.stack(
+                [ranker_from(job)(batch.features, batch.mask) for job in ckpt["jobs"][:2]], -1
+            )
             torch.testing.assert_close(used[1][batch.mask], cut[batch.mask])
             torch.testing.assert_close(units[batch.mask], expected[batch.mask])
 
@@ -442,11 +542,28 @@ def test_budget_cos_dpo_trains_three_baseline_models_and_small_data_gets_a_floor
         runs = {}
         for method in ("soup", "wcos"):
             out = str(tmp_path / f"{method}{min_steps}")
-            assert run(["--data-dir", tiny_data, "--out", out, "--method", method, *TINY, "--epochs", "2",
-                        "--min-steps", min_steps]) == 0
+            assert (
+                run(
+                    [
+                        "--data-dir",
+                        tiny_data,
+                        "--out",
+                        out,
+                        "--method",
+                        method,
+                        *TINY,
+                        "--epochs",
+                        "2",
+                        "--min-steps",
+                        min_steps,
+                    ]
+                )
+                == 0
+            )
             runs[method] = results_of(out)
         assert runs["soup"]["budget"]["baseline_steps"] == baseline
         assert [j["steps"] for j in runs["soup"]["jobs"]] == [baseline, baseline]
         assert [j["steps"] for j in runs["wcos"]["jobs"]] == [3 * baseline]
         assert runs["wcos"]["budget"]["cos_budget"] == 3.0
-        assert runs["wcos"]["jobs"][0]["epochs"] == -(-3 * baseline // per_epoch)  # the last epoch may be partial
+        # the last epoch may be partial
+        assert runs["wcos"]["jobs"][0]["epochs"] == -(-3 * baseline // per_epoch)
