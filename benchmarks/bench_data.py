@@ -1,4 +1,4 @@
-"""Benchmark of the ranking-data path in data.py (issue 3, "Speed and memory"; a benchmark, not a test).
+"""Benchmark of the ranking-data path in data.py: parsing MSLR-format text, its cache, batching.
 
 Measures, side by side in one run, on a generated MSLR-format file (the synthetic generator, sized to
 at least --rows lines):
@@ -19,10 +19,12 @@ Run:  python benchmarks/bench_data.py [--rows 100000] [--repeats 3] [--versus ..
 import argparse
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import timeit
 
 import numpy as np
 
@@ -42,12 +44,7 @@ print(peak, final)
 
 
 def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def mslr_sized_split(seed: int = 0) -> data.RankingSplit:
@@ -105,10 +102,11 @@ def main() -> None:
         ours = median_seconds(lambda: data.read_letor(path, cache=False), args.repeats)
         print(f"read_letor first parse      {ours:7.3f} s  {rows / ours:12,.0f} rows/s")
         if args.versus:
-            other, times = load_other(args.versus), []
+            other = load_other(args.versus)
+            times = []
             for i in range(args.repeats):  # alternate which one runs first
                 order = (data, other) if i % 2 == 0 else (other, data)
-                seconds = {m: median_seconds(lambda: m.read_letor(path, cache=False), 1) for m in order}
+                seconds = {m: median_seconds(lambda m=m: m.read_letor(path, cache=False), 1) for m in order}
                 times.append((seconds[data], seconds[other]))
             ours_v, theirs_v = np.median(times, axis=0)
             ratios = [a / b for a, b in times]
@@ -159,7 +157,9 @@ def main() -> None:
         ("train: shuffle, cap 256", dict(shuffle=True, max_list_len=256)),  # train_ltr's cap
         ("eval: no shuffle, no cap", dict(shuffle=False, max_list_len=None)),
     ):
-        seconds = median_seconds(lambda: data.make_batches(split, **kwargs), max(args.repeats, 3))
+        seconds = median_seconds(
+            lambda kwargs=kwargs: data.make_batches(split, **kwargs), max(args.repeats, 3)
+        )
         batches = data.make_batches(split, **kwargs)
         real = sum(b.num_docs for b in batches)
         slots = sum(b.mask.numel() for b in batches)

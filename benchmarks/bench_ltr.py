@@ -1,30 +1,40 @@
-"""Benchmark the ranking training loop at MSLR-WEB10K scale (issue 4 speed targets).
+"""Benchmark the ranking training of train_ltr.py at MSLR-WEB10K's size.
 
-Run from the repository root:  python benchmarks/bench_ltr.py [--lists 6000] [--docs 723000] [--threads 2]
+    python benchmarks/bench_ltr.py steps [--threads 2] [--film] [--vertex-prob 0.25]
+    python benchmarks/bench_ltr.py scale [--data-dir data/mslr_scale] [-- TRAIN_LTR_ARGS]
 
-It builds an in-memory training split the size of MSLR-WEB10K Fold1/train (about 723,000 documents in
-6,000 lists, log-normal list lengths 1..1251 like MSLR's very uneven ones; random features and labels:
-the speed does not depend on their values) and measures, on the paper's conditioned model (2 layers,
-width 64, w concatenated to the input):
-  1. one full W-COS-DPO epoch exactly as train_ltr.py runs it (batching with the 256 cap, gathering
-     the precomputed reference scores, w ~ Dir(alpha), forward, Eq. 11 losses, backward, Adam step),
-     in real documents per second (padding not counted);
-  2. the cost of a W-COS-DPO step against a single-objective DPO step on the same model and batch
-     (paper App. A.5 says there is no extra cost; target <= 1.1x); --film / --vertex-prob: the issue 13 variant;
+`steps` builds an in-memory training split the size of MSLR-WEB10K Fold1/train (about 723,000 documents in
+6,000 lists, log-normal lengths 1..1,251 like MSLR's; random features and labels: the speed does not depend on
+their values) and measures on the paper's conditioned model (2 layers, width 64, w joined to the input):
+  1. one W-COS-DPO epoch as train_ltr.py runs it (batching with the 256 cap, s0 looked up or, for a cut list,
+     recomputed by the base ranker, w ~ Dir(alpha), forward, Eq. 11, backward, Adam), in documents per second;
+  2. a W-COS-DPO step against a single-objective DPO step on the same batch (App. A.5: no extra cost);
   3. for scale, a bare nn.TransformerEncoder training step on full, unpadded lists of 128 items;
-  4. one validation pass (scores of a 2,000-list, ~240,000-document split at one w, NDCG@10 of every objective)
-     as train_ltr.py ran it before issue 11 (PyTorch's inference fast path on, batches and gains rebuilt per
-     call) and as it runs now (fast path off, pareto.EvalSplit built once);
-  5. torch.autocast(bfloat16) against float32: the W-COS training step of 2. and the validation pass of 4.
+  4. a validation pass (a 240,000-document split at one w, NDCG@10 of every objective) with PyTorch's inference
+     fast path on and the batches rebuilt per call, against train_ltr.py's way (fast path off, EvalSplit once);
+  5. torch.autocast(bfloat16) against float32 on the step of 2. and the pass of 4.
+
+`scale` runs the m = 5 protocol end to end as a user does: it writes an MSLR-WEB10K-sized dataset with the data
+generator (10,000 queries, 1.2 million documents, ~100 s and 1.5 GB on disk; reused when it exists; its parse
+caches are removed so that the parse is timed, unless --keep-cache), runs `python train_ltr.py --dataset mslr
+--objectives I,II,III,IV,V` in a fresh folder and prints the wall time of each stage from its train.log, the
+peak resident memory, the hypervolume and main NDCG@10.
 """
 
 import argparse
+import json
 import os
+import re
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+import timeit
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -33,6 +43,16 @@ import pareto  # noqa: E402
 import train_ltr  # noqa: E402
 from losses import lipo_loss  # noqa: E402
 from models import Ranker, RankerConfig  # noqa: E402
+
+MSLR_SIZE = dict(
+    train_queries=6000, vali_queries=2000, test_queries=2000, median_list_len=84, max_list_len=1251
+)
+
+
+def median_seconds(fn, repeats):
+    """Median seconds of one call, after a warm-up call (first calls at each shape are slower)."""
+    fn()
+    return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def mslr_sized_split(num_lists: int, num_docs: int, m: int, seed: int = 0) -> data_lib.RankingSplit:
@@ -52,17 +72,136 @@ def mslr_sized_split(num_lists: int, num_docs: int, m: int, seed: int = 0) -> da
     )
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lists", type=int, default=6000)
-    p.add_argument("--docs", type=int, default=723_000)
-    p.add_argument("--objectives", type=int, default=2)
-    p.add_argument("--max-docs", type=int, default=train_ltr.PRESETS["mslr"]["max_docs"])
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--film", action="store_true", help="the W-COS model with train_ltr.py --film (issue 13)")
-    p.add_argument("--vertex-prob", default="0", help="train_ltr.py --vertex-prob for the W-COS draws")
-    args = p.parse_args()
+class WcosTrainer:
+    """The W-COS-DPO model, its optimiser and w draws, and a frozen base ranker, trained as train_ltr.py does."""
+
+    def __init__(self, args, m: int, num_docs: int):
+        objectives = ",".join(["I", "II", "III", "IV", "V"][:m])
+        argv = [
+            "--dataset",
+            "mslr",
+            "--data-dir",
+            ".",
+            "--objectives",
+            objectives,
+            "--max-docs",
+            str(args.max_docs),
+        ]
+        argv += ["--quiet", "--vertex-prob", args.vertex_prob] + ["--film"] * args.film
+        self.args = train_ltr.resolve_args(train_ltr.build_parser().parse_args(argv))
+        self.args.label_norms = ["l1"] * m
+        self.job = train_ltr.Job("wcos", RankerConfig(num_objectives=m, film=args.film), steps=1)
+        self.model = Ranker(self.job.config)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.rng = np.random.default_rng(0)
+        base = Ranker(RankerConfig(hidden=128)).eval()  # the paper's base ranker: 2 layers, width 128
+        self.frozen = train_ltr.Frozen(base, {"train": torch.randn(num_docs)})  # s0 on whole lists
+
+    def step(self, batch, ref):
+        loss, _ = train_ltr.step_loss(self.args, self.model, batch, ref, self.job, self.rng)
+        train_ltr.optimizer_step(self.model, self.opt, loss)
+
+
+def epoch_benchmark(trainer: WcosTrainer, split, seed: int) -> str:
+    """1. One W-COS-DPO epoch; the share of it spent on s0 of the cut lists."""
+    t0 = time.perf_counter()
+    batches = data_lib.make_batches(split, trainer.args.max_docs, shuffle=True, max_list_len=256, seed=seed)
+    t_batches = time.perf_counter() - t0
+    docs, t_ref = 0, 0.0
+    for batch in batches:
+        t1 = time.perf_counter()
+        ref, _ = train_ltr.frozen_scores(trainer.frozen, batch)
+        t_ref += time.perf_counter() - t1
+        trainer.step(batch, ref)
+        docs += batch.num_docs
+    seconds = time.perf_counter() - t0
+    return (
+        f"1. W-COS-DPO epoch: {seconds:.1f} s ({t_batches:.2f} s batching, {t_ref:.1f} s s0 of the cut "
+        f"lists), {len(batches)} steps, {docs} real documents seen (lists above 256 subsampled) -> "
+        f"{docs / seconds:,.0f} documents/s"
+    )
+
+
+def step_cost(trainer: WcosTrainer, batch, repeats: int) -> str:
+    """2. A W-COS-DPO step against a single-objective DPO step on the same batch, timed alternately."""
+    ref = trainer.frozen.ref["train"][batch.index]
+    single = Ranker(RankerConfig(num_objectives=0))
+    opt = torch.optim.Adam(single.parameters(), lr=1e-3)
+
+    def dpo_step():
+        loss = lipo_loss(single(batch.features, batch.mask), ref, batch.aux[..., 0], 1.0, batch.mask).mean()
+        train_ltr.optimizer_step(single, opt, loss)
+
+    times = {"wcos": [], "dpo": []}
+    for _ in range(repeats):  # interleaved, so that machine noise hits both alike
+        times["wcos"].append(median_seconds(lambda: trainer.step(batch, ref), 1))
+        times["dpo"].append(median_seconds(dpo_step, 1))
+    wcos, dpo = statistics.median(times["wcos"]), statistics.median(times["dpo"])
+    return (
+        f"2. one batch of {batch.num_docs} documents ({tuple(batch.mask.shape)}): W-COS-DPO step "
+        f"{1e3 * wcos:.1f} ms, single-objective DPO step {1e3 * dpo:.1f} ms -> ratio {wcos / dpo:.3f}"
+    )
+
+
+def bare_encoder(m: int, max_docs: int, repeats: int) -> str:
+    """3. For scale: nn.TransformerEncoder alone, full lists of 128 items, no padding."""
+    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, 0.0, batch_first=True, norm_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    net = torch.nn.Sequential(torch.nn.Linear(data_lib.NUM_INPUTS + m, 64), encoder, torch.nn.Linear(64, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.randn(max_docs // 128, 128, data_lib.NUM_INPUTS + m)
+    seconds = median_seconds(lambda: train_ltr.optimizer_step(net, opt, net(x).square().mean()), repeats)
+    return (
+        f"3. bare nn.TransformerEncoder step, {x.shape[0]} full lists of 128: {1e3 * seconds:.1f} ms -> "
+        f"{x.shape[0] * 128 / seconds:,.0f} documents/s"
+    )
+
+
+def validation_pass(model: Ranker, m: int, max_docs: int) -> str:
+    """4. Validation NDCG@10 at one w: fast path on and batches rebuilt per call, against train_ltr.py's way."""
+    vali = mslr_sized_split(2000, 240_000, m, seed=1)
+    ref, w = torch.randn(vali.num_docs), torch.full((m,), 1.0 / m)
+    model.eval()
+
+    def validate(ev):
+        return ev.ndcg(ev.scores(lambda b: model(b.features, b.mask, w=w, ref_scores=ref[b.index])))
+
+    t0 = time.perf_counter()
+    ev = pareto.EvalSplit(vali, max_docs)
+    ev.targets  # noqa: B018 - the gains and ideal DCGs, built on first use
+    t_build = time.perf_counter() - t0
+    torch.backends.mha.set_fastpath_enabled(True)
+    rebuilt = median_seconds(lambda: validate(pareto.EvalSplit(vali, max_docs)), 3)
+    torch.backends.mha.set_fastpath_enabled(False)
+    once = median_seconds(lambda: validate(ev), 3)
+    return (
+        f"4. validation pass at one w over {vali.num_docs} documents: fast path on, rebuilt per call "
+        f"{rebuilt:.2f} s; fast path off, EvalSplit built once ({t_build:.2f} s) {once:.2f} s -> "
+        f"{rebuilt / once:.1f}x"
+    )
+
+
+def bf16_step(trainer: WcosTrainer, batch, repeats: int) -> str:
+    """5. The step of 2. with the network's forward pass under bfloat16 autocast (the losses stay float32)."""
+    ref = trainer.frozen.ref["train"][batch.index]
+    forward = trainer.model.forward
+
+    def forward_bf16(*a, **kw):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(*a, **kw).float()
+
+    trainer.model.train()
+    times = {False: [], True: []}
+    for _ in range(repeats):
+        for bf16 in (False, True):
+            trainer.model.forward = forward_bf16 if bf16 else forward
+            times[bf16].append(median_seconds(lambda: trainer.step(batch, ref), 1))
+    trainer.model.forward = forward
+    fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
+    return f"5. bf16 autocast: training step {1e3 * fp32:.1f} ms fp32 vs {1e3 * bf16:.1f} ms bf16 ({fp32 / bf16:.2f}x)"
+
+
+def steps(args) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     m = args.objectives
@@ -73,177 +212,115 @@ def main():
         f"{lengths.min()} mean {lengths.mean():.0f} max {lengths.max()}; {torch.get_num_threads()} threads; "
         f"max_docs {args.max_docs}"
     )
+    trainer = WcosTrainer(args, m, split.num_docs)
+    epoch_benchmark(trainer, split, seed=0)  # warm-up
+    print(epoch_benchmark(trainer, split, seed=1))
+    batches = data_lib.make_batches(split, args.max_docs, max_list_len=256)
+    batch = max(batches, key=lambda b: b.num_docs)
+    print(step_cost(trainer, batch, args.repeats))
+    print(bare_encoder(m, args.max_docs, args.repeats))
+    print(validation_pass(trainer.model, m, args.max_docs))
+    print(bf16_step(trainer, batch, args.repeats))
 
-    # 1. one W-COS-DPO epoch, the loop of train_ltr.fine_tune
-    ns = train_ltr.resolve_args(
-        train_ltr.build_parser().parse_args(
-            [
-                "--dataset",
-                "mslr",
-                "--data-dir",
-                ".",
-                "--objectives",
-                ",".join(["I", "II", "III", "IV", "V"][:m]),
-                "--max-docs",
-                str(args.max_docs),
-                "--quiet",
-                "--vertex-prob",
-                args.vertex_prob,
-            ]
-            + ["--film"] * args.film
-        )
-    )
-    ns.label_norms = ["l1"] * m
-    job = train_ltr.Job("wcos", RankerConfig(num_objectives=m, film=args.film), steps=1)
-    model = Ranker(job.config)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    rng = np.random.default_rng(0)  # the w draws, as train_ltr.seeded
-    base = Ranker(RankerConfig(hidden=128)).eval()  # the paper's base ranker: 2 layers, width 128
-    # s0 on whole lists, computed once
-    frozen = train_ltr.Frozen(base, {"train": torch.randn(split.num_docs)})
 
-    def epoch(seed):
+# ---- scale: the m = 5 protocol at MSLR-WEB10K's size, end to end ---------------------------------------------
+def stage_seconds(log: str) -> dict:
+    """Seconds per stage from a train_ltr.py train.log (the numbers its lines report)."""
+
+    def total(pattern):
+        return sum(float(x) for x in re.findall(pattern, log, re.M))
+
+    return {
+        "parse": total(r"^data: .* \| ([0-9.]+) s$"),
+        "base ranker": total(r"^\[base\] saved .*, ([0-9.]+) s$"),
+        "reference scores": total(r"^\[base\] reference scores .* \(([0-9.]+) s\)$"),
+        "fine-tuning (training)": total(r"^\[\w+\] epoch +\d+ \| mean loss [0-9.]+ \| +([0-9.]+) s"),
+        "fine-tuning (validation)": total(r"^\[\w+\] epoch .* \(([0-9.]+) s\)$"),
+        "evaluation (11 weights)": total(r"^\[eval\] .*: ([0-9.]+) s$"),
+    }
+
+
+def prepare_scale_data(data_dir: str, keep_cache: bool) -> None:
+    files = [os.path.join(data_dir, "Fold1", f"{name}.txt") for name in data_lib.SPLITS]
+    if all(map(os.path.exists, files)):
+        print(f"reusing {data_dir}")
+    else:
         t0 = time.perf_counter()
-        batches = data_lib.make_batches(
-            split, args.max_docs, shuffle=True, max_list_len=ns.max_list_len, seed=seed
-        )
-        t_batches = time.perf_counter() - t0
-        docs, t_ref = 0, 0.0
-        for batch in batches:
-            t1 = time.perf_counter()
-            ref, _ = train_ltr.frozen_scores(frozen, batch)  # s0 of the lists cut to 256 scored as cut
-            t_ref += time.perf_counter() - t1
-            loss, _ = train_ltr.step_loss(ns, model, batch, ref, job, rng)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            docs += batch.num_docs
-        return time.perf_counter() - t0, t_batches, t_ref, docs, len(batches)
+        data_lib.write_synthetic(data_dir, seed=0, **MSLR_SIZE)
+        print(f"wrote {data_dir} in {time.perf_counter() - t0:.0f} s")
+    print(f"data: {sum(map(os.path.getsize, files)) / 1e9:.2f} GB of text")
+    for path in files if not keep_cache else []:
+        if os.path.exists(path + ".npz"):
+            os.remove(path + ".npz")
 
-    epoch(0)  # warm-up: first calls at each shape are slower
-    seconds, t_batches, t_ref, docs, steps = epoch(1)
-    print(
-        f"1. W-COS-DPO epoch: {seconds:.1f} s ({t_batches:.2f} s batching, {t_ref:.1f} s s0 of the cut "
-        f"lists), {steps} steps, {docs} real documents seen (lists above 256 subsampled) -> "
-        f"{docs / seconds:,.0f} documents/s; all {split.num_docs} documents at this rate: "
-        f"{split.num_docs / (docs / seconds):.1f} s"
-    )
 
-    # 2. W-COS-DPO step vs single-objective DPO step, same model size and batch
-    batch = max(
-        data_lib.make_batches(split, args.max_docs, max_list_len=ns.max_list_len), key=lambda b: b.num_docs
-    )
-    single = Ranker(RankerConfig(num_objectives=0))
-    opt1 = torch.optim.Adam(single.parameters(), lr=1e-3)
-    ref_b = frozen.ref["train"][batch.index]
-
-    def wcos_step():
-        loss, _ = train_ltr.step_loss(ns, model, batch, ref_b, job, rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def dpo_step():
-        loss = lipo_loss(single(batch.features, batch.mask), ref_b, batch.aux[..., 0], 1.0, batch.mask).mean()
-        opt1.zero_grad(set_to_none=True)
-        loss.backward()
-        opt1.step()
-
-    times = {"wcos": [], "dpo": []}
-    for _ in range(2):
-        wcos_step(), dpo_step()
-    for _ in range(args.repeats):  # interleaved, so that machine noise hits both alike
-        for name, fn in (("wcos", wcos_step), ("dpo", dpo_step)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    wc, dp = statistics.median(times["wcos"]), statistics.median(times["dpo"])
-    print(
-        f"2. one batch of {batch.num_docs} documents ({tuple(batch.mask.shape)}): W-COS-DPO step "
-        f"{1e3 * wc:.1f} ms, single-objective DPO step {1e3 * dp:.1f} ms -> ratio {wc / dp:.3f}"
-    )
-
-    # 3. for scale: a bare nn.TransformerEncoder step on full lists of 128 items
-    layer = torch.nn.TransformerEncoderLayer(64, 4, 128, 0.0, batch_first=True, norm_first=True)
-    enc = torch.nn.Sequential(
-        torch.nn.Linear(data_lib.NUM_INPUTS + m, 64),
-        torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
-        torch.nn.Linear(64, 1),
-    )
-    opt3 = torch.optim.Adam(enc.parameters(), lr=1e-3)
-    x = torch.randn(args.max_docs // 128, 128, data_lib.NUM_INPUTS + m)
-    t = []
-    for i in range(args.repeats + 2):
-        t0 = time.perf_counter()
-        loss = enc(x).square().mean()
-        opt3.zero_grad(set_to_none=True)
-        loss.backward()
-        opt3.step()
-        t.append(time.perf_counter() - t0)
-    bare = statistics.median(t[2:])
-    print(
-        f"3. bare nn.TransformerEncoder step, {x.shape[0]} full lists of 128: {1e3 * bare:.1f} ms -> "
-        f"{x.shape[0] * 128 / bare:,.0f} documents/s"
-    )
-
-    # 4. a validation pass before and after issue 11 (same scores; the model is in eval mode as in train_ltr)
-    vali = mslr_sized_split(2000, 240_000, m, seed=1)
-    ref_vali, w = torch.randn(vali.num_docs), torch.full((m,), 1.0 / m)
-    model.eval()
-
-    def validate(ev, bf16=False):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return ev.ndcg(ev.scores(lambda b: model(b.features, b.mask, w=w, ref_scores=ref_vali[b.index])))
-
-    def timed(fn, repeats=3):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
+def scale(args) -> None:
+    prepare_scale_data(args.data_dir, args.keep_cache)
+    shutil.rmtree(args.out, ignore_errors=True)
+    command = [
+        sys.executable,
+        "train_ltr.py",
+        "--dataset",
+        "mslr",
+        "--data-dir",
+        args.data_dir,
+        "--objectives",
+        "I,II,III,IV,V",
+        "--out",
+        args.out,
+        "--quiet",
+    ] + args.train_args
+    print("$ " + " ".join(command) + f"\nload average before: {os.getloadavg()[0]:.2f}", flush=True)
     t0 = time.perf_counter()
-    ev = pareto.EvalSplit(vali, args.max_docs)
-    ev.targets  # the gains and ideal DCGs, built on first use
-    t_build = time.perf_counter() - t0
-    torch.backends.mha.set_fastpath_enabled(True)
-    before = timed(lambda: validate(pareto.EvalSplit(vali, args.max_docs)))
-    torch.backends.mha.set_fastpath_enabled(False)
-    after = timed(lambda: validate(ev))
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2  # KiB on Linux
+    with open(os.path.join(args.out, "train.log")) as f:
+        log = f.read()
+    with open(os.path.join(args.out, "results.json")) as f:
+        res = json.load(f)
+    stages = stage_seconds(log)
+    stages["other (start-up, checkpoints, batching)"] = wall - sum(stages.values())
+    print(f"load average after: {os.getloadavg()[0]:.2f} (1 min), {os.getloadavg()[1]:.2f} (5 min)")
+    print(f"\n{'stage':42s} {'seconds':>8s}")
+    for name, seconds in stages.items():
+        print(f"{name:42s} {seconds:8.1f}")
+    print(f"{'total wall':42s} {wall:8.1f}  ({wall // 60:.0f} min {wall % 60:.0f} s)")
+    best = re.search(r"saved .*: epoch (\d+)", log).group(1)
+    ran = len(re.findall(r"^\[base\] epoch ", log, re.M))
     print(
-        f"4. validation pass at one w over {vali.num_docs} documents: before {before:.2f} s (fast path on, "
-        f"rebuilt per call), now {after:.2f} s (fast path off, EvalSplit built once in {t_build:.2f} s) -> "
-        f"{before / after:.1f}x"
+        f"peak resident memory {peak_gb:.2f} GB | hypervolume {res['hypervolume']:.4e} | main NDCG@10 "
+        f"{res['main_ndcg_mean']:.4f} +/- {res['main_ndcg_std']:.4f} | base: best epoch {best} of {ran} | "
+        f"fine-tuning steps {[job['steps'] for job in res['jobs']]}"
     )
 
-    # 5. bfloat16 autocast of the network's forward pass (the losses stay float32) against float32, interleaved
-    model.train()
-    forward = model.forward
 
-    def forward_bf16(*a, **kw):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return forward(*a, **kw).float()
-
-    times = {False: [], True: []}
-    for i in range(args.repeats + 2):
-        for bf16 in (False, True):
-            model.forward = forward_bf16 if bf16 else forward
-            t0 = time.perf_counter()
-            wcos_step()
-            times[bf16].append(time.perf_counter() - t0)
-    model.forward = forward
-    fp, bf = statistics.median(times[False][2:]), statistics.median(times[True][2:])
-    model.eval()
-    fp_val, bf_val = timed(lambda: validate(ev)), timed(lambda: validate(ev, bf16=True))
-    (fp_aux, fp_main), (bf_aux, bf_main) = validate(ev), validate(ev, bf16=True)
-    gap = np.abs(np.array(fp_aux + [fp_main]) - np.array(bf_aux + [bf_main])).max()
-    print(
-        f"5. bf16 autocast: training step {1e3 * fp:.1f} ms fp32 vs {1e3 * bf:.1f} ms bf16 ({fp / bf:.2f}x); "
-        f"validation pass {fp_val:.2f} s fp32 vs {bf_val:.2f} s bf16 ({fp_val / bf_val:.2f}x), NDCG@10 of "
-        f"the same model differs by up to {gap:.4f} (bf16 scores tie more often)"
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("steps", help="the training step, epoch and validation pass at MSLR size")
+    s.add_argument("--lists", type=int, default=6000)
+    s.add_argument("--docs", type=int, default=723_000)
+    s.add_argument("--objectives", type=int, default=2)
+    s.add_argument("--max-docs", type=int, default=train_ltr.PRESETS["mslr"]["max_docs"])
+    s.add_argument("--threads", type=int, default=torch.get_num_threads())
+    s.add_argument("--repeats", type=int, default=15)
+    s.add_argument("--film", action="store_true", help="the W-COS model with train_ltr.py --film")
+    s.add_argument("--vertex-prob", default="0", help="train_ltr.py --vertex-prob for the W-COS draws")
+    s = sub.add_parser("scale", help="the m = 5 protocol end to end on an MSLR-sized dataset")
+    s.add_argument("--data-dir", default=os.path.join(ROOT, "data", "mslr_scale"), help="dataset folder")
+    s.add_argument(
+        "--out", default=os.path.join(ROOT, "runs", "mslr_scale"), help="run folder, emptied first"
     )
+    s.add_argument(
+        "--keep-cache", action="store_true", help="keep the parse caches (time a second run's parse)"
+    )
+    s.add_argument("train_args", nargs="*", help="more train_ltr.py arguments, after --")
+    args = p.parse_args()
+    if args.command == "steps":
+        steps(args)
+    else:
+        scale(args)
 
 
 if __name__ == "__main__":

@@ -436,7 +436,7 @@ def test_stats_are_json_and_rebuild_the_split(small_fold):
 
 
 def test_default_labels_are_raw_as_in_the_paper(small_fold):
-    """Issue 10: Eq. 8 sees the raw auxiliary values (z / ||z||_1 for I-III, softmax for IV-V) by default."""
+    """Eq. 8 sees the raw auxiliary values (z / ||z||_1 for I-III, softmax for IV-V) by default."""
     root, rows = small_fold
     splits, stats = data.load_ltr(root, objectives="I,IV")
     assert stats["label_transform"] == "none"

@@ -263,7 +263,7 @@ def test_scalarize_and_cosine_penalty_by_hand():
 
 @pytest.mark.parametrize("w", [(0.25, 0.75), (0.5, 0.5), (0.9, 0.1)])
 def test_penalty_with_positive_lambda_brings_L_along_w(w):
-    """Issue 10: training minimises L_w - lambda * cos(w, L). One gradient step on L from a point off the
+    """Training minimises L_w - lambda * cos(w, L). One gradient step on L from a point off the
     ray of w raises cos(w, L) (lambda > 0 large enough to beat L_w's own pull, or the penalty alone); the
     sign printed in Eq. 18 (L_w + lambda * G_w, i.e. a negative lambda here) lowers it."""
     w = torch.tensor(w)
@@ -374,7 +374,7 @@ def test_sample_weights_resume_continues_the_same_draws():
 
 
 def test_vertex_prob_draws_unit_vectors_at_that_rate():
-    """Issue 13 variant: with vertex_prob p a call's rows are one e_j (j uniform) with probability p, else
+    """The --vertex-prob variant: with vertex_prob p a call's rows are one e_j (j uniform) with probability p, else
     Dir(alpha); p = 0 leaves the paper's draws untouched (same Generator stream)."""
 
     def draws(p, num=4000, rows=1):

@@ -1,5 +1,5 @@
 """Tests for the ranking part of models.py: padding, list equivariance, conditioning on w and beta_bar,
-augmentation, FiLM on w (issue 13), post-training control (Eq. 14-15), checkpoint loading."""
+augmentation, FiLM on w (a variant), post-training control (Eq. 14-15), checkpoint loading."""
 
 import pytest
 import torch
@@ -171,7 +171,7 @@ def test_parameter_count():
 
 
 def test_zero_initialised_film_is_exactly_the_paper_network():
-    """Issue 13: FiLM starts at the identity, so with the same other weights the outputs are the paper's."""
+    """FiLM starts at the identity, so with the same other weights the outputs are the paper's."""
     paper, film = tiny(num_objectives=2), tiny(num_objectives=2, film=True)
     film.load_state_dict(paper.state_dict(), strict=False)  # film.film stays zero
     x, mask = batch()
@@ -210,7 +210,7 @@ def test_film_config_rebuilds_from_a_checkpoint_entry():
 
 
 def test_dropout_acts_in_training_only():
-    """The issue 13 regulariser (--dropout): random in train mode, off in the evaluation model ranker_from rebuilds."""
+    """The --dropout regulariser: random in train mode, off in the evaluation model ranker_from rebuilds."""
     model = tiny(num_objectives=2, dropout=0.5).train()
     x, mask = batch()
     w = torch.tensor([0.4, 0.6])

@@ -343,7 +343,7 @@ def test_truncated_or_missing_checkpoint_gives_a_one_line_error(wcos_run, tmp_pa
 
 
 def test_label_transform_defaults_to_the_papers_raw_labels_and_is_stored(tiny_data, wcos_run, tmp_path):
-    """Issue 10: Eq. 8 sees the raw labels unless --label-transform asks otherwise; the choice is recorded."""
+    """Eq. 8 sees the raw labels (the paper) unless --label-transform asks otherwise; the choice is recorded."""
     assert results_of(wcos_run)["label_transform"] == "none"
     assert (
         torch.load(os.path.join(wcos_run, "model.pt"), weights_only=True)["run_config"]["label_transform"]
@@ -411,7 +411,7 @@ def test_one_w_per_list_variant(tiny_data, tmp_path, monkeypatch):
 
 
 def test_penalty_sign_in_training(tiny_data, monkeypatch):
-    """Issue 10: COS-DPO with --penalty lambda > 0 minimises L_w - lambda * cos(w, L) (the paper's intent and
+    """COS-DPO with --penalty lambda > 0 minimises L_w - lambda * cos(w, L) (the paper's intent and
     COSMOS); a negative lambda gives the sign printed in Eq. 18. The baselines ignore the penalty."""
     splits, _ = data_lib.load_ltr(tiny_data, 1, ("I", "II"))
     batch = data_lib.make_batches(splits["train"], 1024)[0]
