@@ -55,6 +55,15 @@ def median_seconds(fn, repeats):
     return statistics.median(timeit.repeat(fn, number=1, repeat=repeats))
 
 
+def alternating_medians(fns: dict, repeats: int) -> dict:
+    """{name: median seconds of one call}, the calls alternating, so that machine noise hits every fn alike."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(median_seconds(fn, 1))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def mslr_sized_split(num_lists: int, num_docs: int, m: int, seed: int = 0) -> data_lib.RankingSplit:
     """Random data with MSLR-like list lengths: log-normal (sigma 0.9), clipped to 1..1251, total ~num_docs."""
     rng = np.random.default_rng(seed)
@@ -132,11 +141,8 @@ def step_cost(trainer: WcosTrainer, batch, repeats: int) -> str:
         loss = lipo_loss(single(batch.features, batch.mask), ref, batch.aux[..., 0], 1.0, batch.mask).mean()
         train_ltr.optimizer_step(single, opt, loss)
 
-    times = {"wcos": [], "dpo": []}
-    for _ in range(repeats):  # interleaved, so that machine noise hits both alike
-        times["wcos"].append(median_seconds(lambda: trainer.step(batch, ref), 1))
-        times["dpo"].append(median_seconds(dpo_step, 1))
-    wcos, dpo = statistics.median(times["wcos"]), statistics.median(times["dpo"])
+    times = alternating_medians({"wcos": lambda: trainer.step(batch, ref), "dpo": dpo_step}, repeats)
+    wcos, dpo = times["wcos"], times["dpo"]
     return (
         f"2. one batch of {batch.num_docs} documents ({tuple(batch.mask.shape)}): W-COS-DPO step "
         f"{1e3 * wcos:.1f} ms, single-objective DPO step {1e3 * dpo:.1f} ms -> ratio {wcos / dpo:.3f}"
@@ -190,14 +196,16 @@ def bf16_step(trainer: WcosTrainer, batch, repeats: int) -> str:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return forward(*a, **kw).float()
 
+    def step_with(forward_fn):
+        trainer.model.forward = forward_fn
+        trainer.step(batch, ref)
+
     trainer.model.train()
-    times = {False: [], True: []}
-    for _ in range(repeats):
-        for bf16 in (False, True):
-            trainer.model.forward = forward_bf16 if bf16 else forward
-            times[bf16].append(median_seconds(lambda: trainer.step(batch, ref), 1))
+    times = alternating_medians(
+        {"fp32": lambda: step_with(forward), "bf16": lambda: step_with(forward_bf16)}, repeats
+    )
     trainer.model.forward = forward
-    fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
+    fp32, bf16 = times["fp32"], times["bf16"]
     return f"5. bf16 autocast: training step {1e3 * fp32:.1f} ms fp32 vs {1e3 * bf16:.1f} ms bf16 ({fp32 / bf16:.2f}x)"
 
 
