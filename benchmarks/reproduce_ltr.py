@@ -9,6 +9,7 @@ runs are reused, interrupted ones resumed).
     python benchmarks/reproduce_ltr.py run --data-seed 1 --seed 0 --threads 1   # one dataset and seed
     python benchmarks/reproduce_ltr.py all --threads 1                          # every dataset and seed
     python benchmarks/reproduce_ltr.py report                                   # tables and verdicts
+    python benchmarks/reproduce_ltr.py figures                                  # docs/*.png of data 0, seed 0
 
 Parts of a run:
   compare  Fig. 2a (objectives I, II), Fig. 2b (IV, V), Table 1 (I-V): DPO-LS, DPO Soup, MO-DPO, W-COS-DPO,
@@ -45,10 +46,11 @@ METHODS = {  # run folder: (row name, train_ltr.py arguments)
     "soup": ("DPO Soup", ["--method", "soup"]),
     "modpo": ("MO-DPO", ["--method", "modpo"]),
     "wcos": ("W-COS-DPO", ["--method", "wcos"]),
-    "wcos_budget1": ("W-COS-DPO, one baseline model's budget", ["--method", "wcos", "--cos-budget", "1"]),
-    "variant": ("W-COS-DPO + FiLM + vertex 0.25 + dropout 0.2", ["--method", "wcos", *VARIANT]),
+    "wcos_budget1": ("W-COS-DPO at 1x a baseline model's steps", ["--method", "wcos", "--cos-budget", "1"]),
+    "variant": ("variant: W-COS-DPO + FiLM + vertex 0.25 + dropout 0.2", ["--method", "wcos", *VARIANT]),
 }
 BASELINES = ("ls", "soup", "modpo")
+SHORT = {"wcos": "W-COS-DPO", "variant": "the variant"}
 SCALES = (0.8, 0.9, 1.0, 1.1, 1.2)
 BETAS = ((0.9, 0.9), (1.1, 0.9), (0.9, 1.1), (1.1, 1.1))
 PENALTIES = (-0.2, -0.05, 0.05, 0.2)
@@ -160,59 +162,68 @@ def per_dataset(rel, key, seeds=None):
 
 
 def cells(values, fmt):
-    """One table cell per dataset, "-" where it did not finish."""
-    return " | ".join(format(values[d], fmt) if d in values else "-" for d in DATASETS)
+    """One table cell per dataset, "-" where it did not finish, then their mean."""
+    row = [format(values[d], fmt) if d in values else "-" for d in DATASETS]
+    mean = format(np.mean(list(values.values())), fmt) if values else "-"
+    return " | ".join(row + [mean])
 
 
 def holds(mine, theirs, better=np.greater_equal):
-    """ "holds on k of n datasets (difference min..max)" over the datasets both finished."""
+    """A claims-table cell pair: "k of n" datasets where mine is `better` than theirs, and the differences' range."""
     common = [d for d in mine if d in theirs]
     if not common:
-        return "not measured"
+        return "not measured | -"
     diff = np.array([mine[d] - theirs[d] for d in common])
     wins = sum(bool(better(mine[d], theirs[d])) for d in common)
-    return f"holds on {wins} of {len(common)} datasets (difference {diff.min():+.4g} .. {diff.max():+.4g})"
+    return f"{wins} of {len(common)} | {diff.min():+.4f} .. {diff.max():+.4f}"
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
 def header(first):
-    names = [f"data {d}" + (" (embedded, 3 seeds)" if d == 0 else "") for d in DATASETS]
-    return [f"| {first} | " + " | ".join(names) + " |", "|---" * (len(DATASETS) + 1) + "|"]
+    names = [f"data {d}" + (" (3 seeds)" if len(DATASETS[d]) > 1 else "") for d in DATASETS]
+    return [f"| {first} | " + " | ".join(names) + " | mean |", "|---" * (len(DATASETS) + 2) + "|"]
+
+
+def claims_table(rows):
+    """rows: (claim, holds(...)) -> a markdown table."""
+    lines = ["| claim | holds on (datasets) | difference, min .. max |", "|---|---|---|"]
+    return lines + [f"| {claim} | {cell} |" for claim, cell in rows]
 
 
 def compare_section(tag, objectives, figure):
     hv = {f: per_dataset(("compare", tag, f), "hypervolume") for f in METHODS}
     main = {f: per_dataset(("compare", tag, f), "main_ndcg_mean") for f in METHODS}
     secs = {f: per_dataset(("compare", tag, f), "train_seconds") for f in METHODS}
+    ratio = {f: {d: secs[f][d] / secs["ls"][d] for d in secs[f] if d in secs["ls"]} for f in METHODS}
     lines = [
         f"### {figure}: objectives {objectives.replace(',', ', ')}",
         "",
         "Hypervolume of the test NDCG@10 front:",
-        "",
-        *header("method"),
     ]
-    lines += [f"| {name} | {cells(hv[f], '#.4g')} |" for f, (name, _) in METHODS.items()]
-    lines += ["", "Main NDCG@10, mean over the 11 weights:", "", *header("method")]
-    lines += [f"| {name} | {cells(main[f], '.3f')} |" for f, (name, _) in METHODS.items()]
-    ratio = {f: {d: secs[f][d] / secs["ls"][d] for d in secs[f] if d in secs["ls"]} for f in METHODS}
-    lines += ["", "Training time / DPO-LS's:", "", *header("method")]
-    lines += [f"| {name} | {cells(ratio[f], '.2f')} |" for f, (name, _) in METHODS.items()]
-    lines += ["", "Verdicts:"]
-    for f in ("wcos", "variant", "wcos_budget1"):
+    lines += ["", *header("method")] + [
+        f"| {name} | {cells(hv[f], '.4f')} |" for f, (name, _) in METHODS.items()
+    ]
+    lines += [
+        "",
+        "Main NDCG@10 (mean over the 11 weights) and training time / DPO-LS's (mean over datasets):",
+        "",
+    ]
+    lines += ["| method | main NDCG@10 | time / DPO-LS |", "|---|---|---|"]
+    for f, (name, _) in METHODS.items():
+        lines.append(
+            f"| {name} | {np.mean(list(main[f].values())):.3f} | {np.mean(list(ratio[f].values())):.2f} |"
+        )
+    rows = []
+    for f in ("wcos", "variant"):
         for b in BASELINES:
-            lines.append(
-                f"- {METHODS[f][0]}: HV >= {METHODS[b][0]} {holds(hv[f], hv[b])}; main NDCG@10 >= "
-                f"{METHODS[b][0]} {holds(main[f], main[b])}"
-            )
-    lines.append(
-        f"- W-COS-DPO's training time <= 1/3 of DPO-LS's "
-        f"{holds(ratio['wcos'], {d: 1 / 3 for d in ratio['wcos']}, np.less_equal)}"
+            rows.append((f"{SHORT[f]}: HV >= {METHODS[b][0]}", holds(hv[f], hv[b])))
+        for b in BASELINES:
+            rows.append((f"{SHORT[f]}: main NDCG@10 >= {METHODS[b][0]}", holds(main[f], main[b])))
+    rows.append(("the variant's HV >= W-COS-DPO's", holds(hv["variant"], hv["wcos"])))
+    rows.append(
+        ("W-COS-DPO's HV at 3x >= at 1x a baseline model's budget", holds(hv["wcos"], hv["wcos_budget1"]))
     )
-    lines.append(f"- the variant's HV >= W-COS-DPO's {holds(hv['variant'], hv['wcos'])}")
-    lines.append(
-        f"- W-COS-DPO's HV at 3x >= at 1x a baseline model's budget {holds(hv['wcos'], hv['wcos_budget1'])}"
-    )
-    return "\n".join(lines)
+    return "\n".join(lines + ["", *claims_table(rows)])
 
 
 def seed_spread():
@@ -228,104 +239,133 @@ def seed_spread():
         for tag, _, _ in SETS:
             found = [load(run_dir(0, s, "compare", tag, f)) for s in DATASETS[0]]
             hv = [r["hypervolume"] for r in found if r]
-            row.append(f"{np.mean(hv):#.4g} +/- {np.std(hv):.2g}" if hv else "-")
+            row.append(f"{np.mean(hv):.4f} +/- {np.std(hv):.4f}" if hv else "-")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def linear_section():
     """Fig. 12: mean distance over the 11 weights from the beta = (1, 1) front, before and after Eq. 14."""
+    unmoved = {s: {} for s in SCALES if s != 1.0}
+    moved = {s: {} for s in SCALES if s != 1.0}
+    floor = {}
+    for data_seed in DATASETS:
+        runs = {s: load(linear_dir(data_seed, 0, s)) for s in (*SCALES, "noise")}
+        if not all(runs.values()):
+            continue
+        ref = np.array(runs[1.0]["aux_ndcg"])
+        floor[data_seed] = np.linalg.norm(np.array(runs["noise"]["aux_ndcg"]) - ref, axis=1).mean()
+        for s in unmoved:
+            front = pareto.load_fronts(
+                os.path.join(linear_dir(data_seed, 0, s), "model.pt"), scales=[1.0 / s]
+            )[0]
+            unmoved[s][data_seed] = np.linalg.norm(np.array(runs[s]["aux_ndcg"]) - ref, axis=1).mean()
+            moved[s][data_seed] = np.linalg.norm(np.array(front["aux"]) - ref, axis=1).mean()
     lines = [
         "### Fig. 12 (App. A.7): Eq. 14 moves a front trained at beta = s (1, 1) onto the (1, 1) front",
         "",
-        "Mean distance over the 11 weights to the (1, 1) front, unmoved -> moved by Eq. 14 (c = 1 / s); last "
-        "row: a second training seed of the (1, 1) model (the noise floor).",
-        "",
-        *header("trained at"),
     ]
-    closer, floor = {}, {}
-    distances = {s: {} for s in SCALES if s != 1.0}
-    for data_seed in DATASETS:
-        ref_path = linear_dir(data_seed, 0, 1.0)
-        noise = load(linear_dir(data_seed, 0, "noise"))
-        if not load(ref_path) or not noise or not all(load(linear_dir(data_seed, 0, s)) for s in SCALES):
-            continue
-        ref = np.array(load(ref_path)["aux_ndcg"])
-        for s in distances:
-            path = os.path.join(linear_dir(data_seed, 0, s), "model.pt")
-            moved = np.array(pareto.load_fronts(path, scales=[1.0 / s])[0]["aux"])
-            raw = np.array(load(linear_dir(data_seed, 0, s))["aux_ndcg"])
-            distances[s][data_seed] = (
-                np.linalg.norm(raw - ref, axis=1).mean(),
-                np.linalg.norm(moved - ref, axis=1).mean(),
-            )
-        closer[data_seed] = sum(
-            after < before for before, after in (d[data_seed] for d in distances.values())
-        )
-        floor[data_seed] = np.linalg.norm(np.array(noise["aux_ndcg"]) - ref, axis=1).mean()
-    for s, by_data in distances.items():
-        row = [f"{by_data[d][0]:.4f} -> {by_data[d][1]:.4f}" if d in by_data else "-" for d in DATASETS]
-        lines.append(f"| ({s}, {s}) | " + " | ".join(row) + " |")
-    lines.append(f"| (1, 1), seed 1 | {cells(floor, '.4f')} |")
     lines += [
+        "Mean distance over the 11 weights to the (1, 1) front of the model trained at s (1, 1), as "
+        "trained and moved by Eq. 14 (c = 1 / s); the noise floor: a second training seed of the (1, "
+        "1) model.",
         "",
-        f"Verdict: Eq. 14 brings the front closer for {sum(closer.values())} of {4 * len(closer)} (dataset, "
-        f"scale) pairs; the moved fronts lie below the noise floor on "
-        f"{sum(all(distances[s][d][1] < floor[d] for s in distances) for d in closer)} of {len(closer)} "
-        f"datasets.",
     ]
-    return "\n".join(lines)
+    lines += header("distance")
+    for s in unmoved:
+        lines.append(f"| s = {s}, as trained | {cells(unmoved[s], '.4f')} |")
+        lines.append(f"| s = {s}, moved by Eq. 14 | {cells(moved[s], '.4f')} |")
+    lines += [f"| noise floor | {cells(floor, '.4f')} |", ""]
+    rows = [
+        (f"s = {s}: the moved front is closer than the trained one", holds(moved[s], unmoved[s], np.less))
+        for s in unmoved
+    ]
+    rows += [
+        (f"s = {s}: the moved front is within the noise floor", holds(moved[s], floor, np.less))
+        for s in moved
+    ]
+    return "\n".join(lines + claims_table(rows))
 
 
 def tcos_section():
     """Fig. 3b: one T-COS-DPO model at four temperatures."""
-    lines = [
-        "### Fig. 3b (App. A.8): one T-COS-DPO model on IV, V moved by beta (Eq. 15)",
-        "",
-        "Hypervolume / main NDCG@10 of the front at each beta:",
-        "",
-        *header("beta"),
-    ]
-    table = {b: {} for b in BETAS}
+    hv = {b: {} for b in BETAS}
+    main = {b: {} for b in BETAS}
     for data_seed in DATASETS:
         path = run_dir(data_seed, 0, "tcos")
         if load(path):
             for b, front in zip(BETAS, pareto.load_fronts(path, betas=[list(b) for b in BETAS])):
-                table[b][data_seed] = (front["hv"], float(np.mean(front["main"])))
-    for b in BETAS:
-        row = [f"{table[b][d][0]:.4f} / {table[b][d][1]:.3f}" if d in table[b] else "-" for d in DATASETS]
-        lines.append(f"| {b} | " + " | ".join(row) + " |")
-    low, high = ({d: v[1] for d, v in table[b].items()} for b in (BETAS[0], BETAS[-1]))
-    lines += [
+                hv[b][data_seed] = front["hv"]
+                main[b][data_seed] = float(np.mean(front["main"]))
+    lines = [
+        "### Fig. 3b (App. A.8): one T-COS-DPO model on IV, V moved by beta (Eq. 15)",
         "",
-        f"Verdict: main NDCG@10 rises from beta (0.9, 0.9) to (1.1, 1.1) (Eq. 15: a larger ||beta||_1 keeps "
-        f"the model nearer the base ranker) {holds(high, low, np.greater)}.",
+        *header("beta"),
     ]
-    return "\n".join(lines)
+    lines += [f"| {b}: HV | {cells(hv[b], '.4f')} |" for b in BETAS]
+    lines += [f"| {b}: main NDCG@10 | {cells(main[b], '.3f')} |" for b in BETAS]
+    low, high = BETAS[0], BETAS[-1]
+    rows = [
+        (
+            f"main NDCG@10 at beta {high} > at {low} (a larger ||beta||_1 stays nearer s0)",
+            holds(main[high], main[low], np.greater),
+        )
+    ]
+    rows.append((f"HV at beta {low} >= at {high}", holds(hv[low], hv[high])))
+    return "\n".join(lines + ["", *claims_table(rows)])
 
 
 def ablation_section():
-    rows = [
-        (f"penalty {lam:g}, {tag}", ("penalty", tag, f"{lam:g}"), ("compare", tag, "wcos"))
+    """App. A.2, A.6.2, A.6.3 against the default W-COS-DPO run of the same dataset (training seed 0)."""
+    settings = [
+        (f"penalty {lam:g}, {tag}", ("penalty", tag, f"{lam:g}"), tag)
         for tag, _, _ in SETS[:2]
         for lam in PENALTIES
     ]
-    rows += [(f"{k} layers, I_II", ("depth", str(k)), ("compare", "I_II", "wcos")) for k in DEPTHS]
-    rows += [("augmentation, I_II", ("augment",), ("compare", "I_II", "wcos"))]
+    settings += [(f"{k} layers, I_II", ("depth", str(k)), "I_II") for k in DEPTHS]
+    settings += [("augmentation, I_II", ("augment",), "I_II")]
+    default = {tag: per_dataset(("compare", tag, "wcos"), "hypervolume", (0,)) for tag, _, _ in SETS[:2]}
     lines = [
-        "### Ablations (App. A.2, A.6.2, A.6.3): W-COS-DPO's HV against the default (penalty 0, 2 layers, "
-        "scratch)",
+        "### Ablations (App. A.2, A.6.2, A.6.3): W-COS-DPO's HV against its default (penalty 0, 2 "
+        "layers, scratch), training seed 0",
         "",
         *header("setting"),
-        f"| default, I_II | {cells(per_dataset(rows[0][2], 'hypervolume', (0,)), '#.4g')} |",
-        f"| default, IV_V | {cells(per_dataset(rows[4][2], 'hypervolume', (0,)), '#.4g')} |",
     ]
-    verdicts = []
-    for name, rel, default in rows:
+    lines += [f"| default, {tag} | {cells(hv, '.4f')} |" for tag, hv in default.items()]
+    rows = []
+    for name, rel, tag in settings:
         hv = per_dataset(rel, "hypervolume", (0,))
-        lines.append(f"| {name} | {cells(hv, '#.4g')} |")
-        verdicts.append(f"- {name}: HV >= default {holds(hv, per_dataset(default, 'hypervolume', (0,)))}")
-    return "\n".join(lines + ["", "Verdicts:", *verdicts])
+        lines.append(f"| {name} | {cells(hv, '.4f')} |")
+        rows.append((f"{name}: HV >= default", holds(hv, default[tag])))
+    return "\n".join(lines + ["", *claims_table(rows)])
+
+
+def figures():
+    """The fronts of the embedded set, training seed 0, drawn by pareto.py into docs/ (Table 1 on IV, V)."""
+    docs = os.path.join(ROOT, "docs")
+    for (tag, _, _), name, pair in zip(
+        SETS, ("fig2a_I_II", "fig2b_IV_V", "table1_m5_IV_V"), ("1,2", "1,2", "4,5")
+    ):
+        runs = [run_dir(0, 0, "compare", tag, f) for f in METHODS]
+        labels = ",".join(name for name, _ in METHODS.values())
+        pareto.main(
+            runs + ["--objectives", pair, "--labels", labels, "--out", os.path.join(docs, f"{name}.png")]
+        )
+    fronts = pareto.load_fronts(linear_dir(0, 0, 1.0))
+    for s in (0.8, 1.2):  # trained at s (1, 1), as trained and moved to (1, 1) by Eq. 14
+        fronts += pareto.load_fronts(linear_dir(0, 0, s))
+        fronts += pareto.load_fronts(os.path.join(linear_dir(0, 0, s), "model.pt"), scales=[1.0 / s])
+    labels = [
+        "beta (1, 1)",
+        "beta 0.8 (1, 1)",
+        "beta 0.8 (1, 1), Eq. 14",
+        "beta 1.2 (1, 1)",
+        "beta 1.2 (1, 1), Eq. 14",
+    ]
+    fronts = [dict(front, label=label) for front, label in zip(fronts, labels)]
+    pareto.plot_fronts(fronts, [(0, 1)], os.path.join(docs, "fig12_linear.png"))
+    betas = ";".join(f"{a},{b}" for a, b in BETAS)
+    pareto.main([run_dir(0, 0, "tcos"), "--betas", betas, "--out", os.path.join(docs, "fig3b_tcos.png")])
 
 
 def report():
@@ -336,7 +376,7 @@ def report():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("run", "all", "report"))
+    p.add_argument("command", choices=("run", "all", "report", "figures"))
     p.add_argument("--data-seed", type=int, default=0, choices=sorted(DATASETS))
     p.add_argument("--seed", type=int, default=0, help="training seed (run)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run")
@@ -349,6 +389,8 @@ def main():
                 run(data_seed, seed, parts_of(data_seed, seed), args.threads)
     if args.command in ("all", "report"):
         print(report())
+    if args.command == "figures":
+        figures()
 
 
 if __name__ == "__main__":
