@@ -179,8 +179,12 @@ def holds(mine, theirs, better=np.greater_equal):
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
-def header(first):
-    names = [f"data {d}" + (" (3 seeds)" if len(DATASETS[d]) > 1 else "") for d in DATASETS]
+def header(first, all_seeds=False):
+    """A table head: one column per dataset (the embedded set's with its training seeds when all_seeds), the mean."""
+    names = [
+        f"data {d}" + (f" ({len(DATASETS[d])} seeds)" if all_seeds and len(DATASETS[d]) > 1 else "")
+        for d in DATASETS
+    ]
     return [f"| {first} | " + " | ".join(names) + " | mean |", "|---" * (len(DATASETS) + 2) + "|"]
 
 
@@ -266,9 +270,8 @@ def linear_section():
         "",
     ]
     lines += [
-        "Mean distance over the 11 weights to the (1, 1) front of the model trained at s (1, 1), as "
-        "trained and moved by Eq. 14 (c = 1 / s); the noise floor: a second training seed of the (1, "
-        "1) model.",
+        "Mean distance over the 11 weights to the (1, 1) front of the model trained at s (1, 1), as trained "
+        "and moved by Eq. 14 (c = 1 / s); the noise floor: a second training seed of the (1, 1) model.",
         "",
     ]
     lines += header("distance")
@@ -322,12 +325,12 @@ def ablation_section():
         for tag, _, _ in SETS[:2]
         for lam in PENALTIES
     ]
-    settings += [(f"{k} layers, I_II", ("depth", str(k)), "I_II") for k in DEPTHS]
+    settings += [(f"depth {k}, I_II", ("depth", str(k)), "I_II") for k in DEPTHS]
     settings += [("augmentation, I_II", ("augment",), "I_II")]
     default = {tag: per_dataset(("compare", tag, "wcos"), "hypervolume", (0,)) for tag, _, _ in SETS[:2]}
     lines = [
-        "### Ablations (App. A.2, A.6.2, A.6.3): W-COS-DPO's HV against its default (penalty 0, 2 "
-        "layers, scratch), training seed 0",
+        "### Ablations (App. A.2, A.6.2, A.6.3): W-COS-DPO's HV against its default (penalty 0, 2 layers, "
+        "scratch), training seed 0",
         "",
         *header("setting"),
     ]
