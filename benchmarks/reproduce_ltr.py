@@ -204,9 +204,8 @@ def compare_section(tag, objectives, figure):
         "",
         "Hypervolume of the test NDCG@10 front:",
     ]
-    lines += ["", *header("method")] + [
-        f"| {name} | {cells(hv[f], '.4f')} |" for f, (name, _) in METHODS.items()
-    ]
+    lines += ["", *header("method", all_seeds=True)]
+    lines += [f"| {name} | {cells(hv[f], '.4f')} |" for f, (name, _) in METHODS.items()]
     lines += [
         "",
         "Main NDCG@10 (mean over the 11 weights) and training time / DPO-LS's (mean over datasets):",
