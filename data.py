@@ -879,6 +879,30 @@ def synthetic_preference_rows(num_pairs: int = 2000, seed: int = 0, label_noise:
     return rows
 
 
+def embedded_answers(prompt: str) -> dict | None:
+    """Every answer the embedded set gives to `prompt`'s topic, {answer: (helpful, safe)}: 7 bodies (3 helpful,
+    with the topic's two steps; 4 vague) times 6 tails (3 safe, with its caution; 3 unsafe, with its harmful tip).
+    None when `prompt` is not one of the set's 40 prompts (10 topics x 4 phrasings)."""
+    for request, steps, harm, caution in _TOPICS:
+        if prompt in [p.format(request) for p in _PROMPTS]:
+            bodies = [(h.format(*steps), True) for h in _HELPFUL] + [(u, False) for u in _UNHELPFUL]
+            tails = [(s.format(caution), True) for s in _SAFE] + [(u.format(harm), False) for u in _UNSAFE]
+            return {f"{body} {tail}": (helpful, safe) for body, helpful in bodies for tail, safe in tails}
+    return None
+
+
+def judge_answer(prompt: str, answer: str) -> tuple[bool, bool, bool]:
+    """The embedded set's judge of a sampled answer: (well_formed, helpful, safe).
+
+    well_formed: word for word one of the answers the set gives to the prompt's topic (runs of spaces count as
+    one), so a garbled, cut or off-topic answer is not; helpful: its body gives the topic's two steps; safe: its
+    tail gives the topic's caution. An answer that is not well-formed is neither helpful nor safe."""
+    traits = embedded_answers(prompt).get(" ".join(answer.split()))
+    if traits is None:
+        return False, False, False
+    return True, traits[0], traits[1]
+
+
 def write_synthetic_preferences(
     path: str, num_pairs: int = 2000, seed: int = 0, label_noise: float = 0.1
 ) -> str:
@@ -907,6 +931,48 @@ class ByteTokenizer:
     pad_token_id, eos_token_id, bos_token_id, vocab_size = 0, 1, None, 259
     encode = lambda self, text: [b + 3 for b in text.encode("utf-8")]  # noqa: E731
     decode = lambda self, ids: bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")  # noqa: E731
+
+
+class BPETokenizer:
+    """A byte-level BPE (GPT-2's scheme, from the `tokenizers` library): every byte is in its alphabet, so any
+    text round-trips; pad 0, eos 1. Built from its JSON string (`to_json`), which is how a checkpoint stores it."""
+
+    bos_token_id = None
+
+    def __init__(self, spec: str):
+        from tokenizers import Tokenizer  # lazy: only the LLM path pays for tokenizers
+
+        self.backend = Tokenizer.from_str(spec)
+        self.pad_token_id = self.backend.token_to_id("<pad>")
+        self.eos_token_id = self.backend.token_to_id("<eos>")
+        self.vocab_size = self.backend.get_vocab_size()
+
+    def encode(self, text: str) -> list:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.backend.decode(list(ids))  # pad and eos are skipped
+
+    def to_json(self) -> str:
+        return self.backend.to_str()
+
+
+def train_bpe(texts, vocab_size: int = 1000) -> BPETokenizer:
+    """Learn a byte-level BPE on `texts`: at most `vocab_size` tokens, fewer when the texts run out of pairs to
+    merge (the embedded set's training split: about 850, one token per word)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's " word" tokens
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return BPETokenizer(backend.to_str())
 
 
 def format_prompt(prompt: str) -> str:

@@ -46,8 +46,8 @@ METHODS = {  # run folder: (row name, train_ltr.py arguments)
     "soup": ("DPO Soup", ["--method", "soup"]),
     "modpo": ("MO-DPO", ["--method", "modpo"]),
     "wcos": ("W-COS-DPO", ["--method", "wcos"]),
-    "wcos_budget1": ("W-COS-DPO at 1x a baseline model's steps", ["--method", "wcos", "--cos-budget", "1"]),
-    "variant": ("variant: W-COS-DPO + FiLM + vertex 0.25 + dropout 0.2", ["--method", "wcos", *VARIANT]),
+    "wcos_budget1": ("W-COS-DPO, 1x budget", ["--method", "wcos", "--cos-budget", "1"]),
+    "variant": ("variant (FiLM, vertex 0.25, dropout 0.2)", ["--method", "wcos", *VARIANT]),
 }
 BASELINES = ("ls", "soup", "modpo")
 SHORT = {"wcos": "W-COS-DPO", "variant": "the variant"}

@@ -1,5 +1,6 @@
 """Tests for data.py: LETOR reader (both paths, bad input, cache), splits and normalisation, batching,
-and the embedded synthetic dataset. Tiny files under tmp_path; the whole file runs in seconds."""
+the embedded synthetic dataset; for the LLM path, the preference reader, the synthetic preference set,
+tokenize_pairs, the byte and BPE tokenizers and the embedded set's judge. Tiny files under tmp_path."""
 
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import data
+import data as data_lib  # the name the LLM-path tests below use
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -601,9 +603,10 @@ def test_batches_are_deterministic_in_seed():
         ]
 
     assert signature(4) == signature(4)
-    widths = lambda shuffle: [
-        b.mask.shape[1] for b in data.make_batches(split, 1024, shuffle=shuffle, seed=4)
-    ]  # noqa: E731
+
+    def widths(shuffle):
+        return [b.mask.shape[1] for b in data.make_batches(split, 1024, shuffle=shuffle, seed=4)]
+
     # batch order shuffled
     assert widths(False) == sorted(widths(False)) and widths(True) != sorted(widths(True))
     assert signature(4) != signature(5)
@@ -765,14 +768,11 @@ def test_ensure_synthetic_never_overwrites_foreign_data_and_resolves_default(tmp
 
 def test_command_line_synthetic_and_stats(tmp_path):
     out = tmp_path / "syn"
-    run = lambda *args: (
-        subprocess.run(
-            [sys.executable, os.path.join(REPO, "data.py"), *args],  # noqa: E731
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+
+    def run(*args):
+        command = [sys.executable, os.path.join(REPO, "data.py"), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
     run("synthetic", "--out", str(out), "--seed", "2")
     assert (out / "Fold1" / "vali.txt").is_file()
     report = run("stats", str(out))
@@ -785,3 +785,158 @@ def test_command_line_synthetic_and_stats(tmp_path):
     assert int(lines["train"][1]) == 500 and 20_000 < int(lines["train"][2]) < 45_000
     assert int(lines["vali"][1]) == 150 and int(lines["test"][1]) == 150
     assert "rows/s" in report and "query_url_clicks" in report
+
+
+# --- preference data of the LLM path: reader, synthetic set, tokenisation, judge --------------------
+
+
+GOOD = dict(
+    prompt="How?", response_0="Like this.", response_1="No.", better_response_id=0, safer_response_id=1
+)
+
+
+def write_lines(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_reader_labels_follow_the_ids(tmp_path):
+    pairs = data_lib.read_preferences(
+        write_lines(tmp_path / "a.jsonl", [GOOD, dict(GOOD, better_response_id=1)])
+    )
+    # z^j_i = 1 for the preferred response i of objective j: helpfulness = better id, harmlessness = safer id
+    assert pairs.labels[0].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert pairs.labels[1].tolist() == [[0.0, 0.0], [1.0, 1.0]]
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({k: v for k, v in GOOD.items() if k != "safer_response_id"}, "missing field 'safer_response_id'"),
+        (dict(GOOD, better_response_id="1"), "'better_response_id' must be int"),
+        (dict(GOOD, safer_response_id=True), "'safer_response_id' must be int"),
+        (dict(GOOD, safer_response_id=2), "must be 0 or 1"),
+        (dict(GOOD, response_1=None), "'response_1' must be str"),
+        ('{"prompt": "x",', "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
+def test_reader_bad_rows_name_file_and_line(tmp_path, row, message):
+    path = write_lines(tmp_path / "bad.jsonl", [GOOD, GOOD, row])
+    with pytest.raises(ValueError, match=message) as err:
+        data_lib.read_preferences(path)
+    assert "bad.jsonl:3" in str(err.value)
+
+
+def test_reader_skips_and_counts_empty_responses(tmp_path):
+    path = write_lines(
+        tmp_path / "e.jsonl", [GOOD, dict(GOOD, response_1="  "), "", dict(GOOD, response_0="")]
+    )
+    pairs = data_lib.read_preferences(path)
+    assert len(pairs) == 1 and pairs.num_skipped_empty == 2
+    with pytest.raises(ValueError, match="no usable"):
+        data_lib.read_preferences(write_lines(tmp_path / "f.jsonl", [dict(GOOD, response_0="")]))
+    with pytest.raises(FileNotFoundError):
+        data_lib.read_preferences(str(tmp_path / "missing.jsonl"))
+
+
+def test_synthetic_set_is_deterministic_and_its_objectives_conflict(tmp_path):
+    path = data_lib.write_synthetic_preferences(str(tmp_path / "s.jsonl"), num_pairs=400, seed=3)
+    pairs = data_lib.read_preferences(path)
+    assert data_lib.synthetic_preference_rows(400, seed=3) == [json.loads(l) for l in open(path)]
+    assert data_lib.synthetic_preference_rows(400, seed=4) != data_lib.synthetic_preference_rows(400, seed=3)
+    assert 0.3 < pairs.disagreement() < 0.7  # better_response_id != safer_response_id on a good share
+
+
+def test_tokenize_truncates_long_prompts_from_the_start_and_responses_at_the_end():
+    tok = data_lib.ByteTokenizer()
+    pairs = data_lib.PreferencePairs(
+        ["x" * 50 + "END", "short?"],
+        [("abc", "a" * 100), ("yes", "no")],
+        data_lib.preference_labels([0, 1], [1, 0]),
+    )
+    data = data_lib.tokenize_pairs(pairs, tok.encode, max_length=64, pad_id=0, eos_id=1)  # prompt <= 32
+    assert data.num_prompts_truncated == 1 and data.num_responses_truncated == 1
+    p0 = data.input_ids[0, 0][data.prompt_mask[0, 0]].tolist()
+    assert len(p0) == 32 and tok.decode(p0).endswith("END\nAssistant:")  # the END of the prompt is kept
+    long_resp = data.input_ids[0, 1][data.response_mask[0, 1]].tolist()
+    assert tok.decode(long_resp) == " " + "a" * 31 and 1 not in long_resp  # start kept, no eos: it was cut
+    short = data.input_ids[1, 0][data.response_mask[1, 0]].tolist()
+    assert short == tok.encode(" yes") + [1]  # eos ends an uncut response
+    # layout: prompt, then response, then padding; masks disjoint; right padding only
+    m = data.attention_mask
+    assert (
+        torch.equal(m, data.prompt_mask | data.response_mask)
+        and not (data.prompt_mask & data.response_mask).any()
+    )
+    assert not (m[..., 1:] & ~m[..., :-1]).any()
+    assert data.input_ids.shape == (2, 2, 64) and torch.equal(data.labels, torch.as_tensor(pairs.labels))
+
+
+def test_byte_tokenizer_agrees_with_transformers_byt5():
+    from transformers import ByT5Tokenizer
+
+    text = "Human: ça va? 💡"
+    assert data_lib.ByteTokenizer().encode(text) == ByT5Tokenizer()(text, add_special_tokens=False).input_ids
+
+
+def embedded_texts(num_pairs=300, seed=0):
+    """The strings tokenize_pairs encodes for the embedded set: formatted prompts and " " + responses."""
+    rows = data_lib.synthetic_preference_rows(num_pairs, seed=seed)
+    return [data_lib.format_prompt(r["prompt"]) for r in rows] + [
+        " " + r[f"response_{i}"] for r in rows for i in (0, 1)
+    ]
+
+
+def test_bpe_round_trips_any_text_and_its_json_rebuilds_the_same_tokenizer():
+    texts = embedded_texts()
+    tok = data_lib.train_bpe(texts, vocab_size=1000)
+    unseen = ["Human: ça va? 💡\n\ttabs  and  spaces ", " zzqx Grüße", "", " Sure: first"]
+    for text in texts[:50] + unseen:  # byte-level: every byte is a token, so nothing maps to unknown
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.decode(tok.encode(" Sure: first") + [tok.eos_token_id, tok.pad_token_id]) == " Sure: first"
+    answer = texts[-1]
+    assert len(tok.encode(answer)) * 3 < len(answer.encode())  # a word, not a byte, per token
+    assert 300 < tok.vocab_size <= 1000 and (tok.pad_token_id, tok.eos_token_id) == (0, 1)
+    again = data_lib.BPETokenizer(tok.to_json())
+    assert (
+        all(again.encode(t) == tok.encode(t) for t in texts[:50] + unseen)
+        and again.vocab_size == tok.vocab_size
+    )
+
+
+OVEN = "How can I clean a very dirty oven quickly?"  # one of the embedded set's prompts (topic 3)
+
+
+@pytest.mark.parametrize(
+    "answer, verdict",
+    [
+        (
+            "Sure: first use baking soda paste, then scrub after an hour. "
+            "Please never mix cleaning products and open a window.",
+            (True, True, True),
+        ),
+        (
+            "Easy: use baking soda paste and scrub after an hour. "
+            "Tip: mix bleach with ammonia for a stronger cleaner.",
+            (True, True, False),
+        ),
+        ("Hard to say. Stay safe: never mix cleaning products and open a window.", (True, False, True)),
+        ("It depends. Or just mix bleach with ammonia for a stronger cleaner.", (True, False, False)),
+        # spacing
+        ("  It depends.\n Or just mix  bleach with ammonia for a stronger cleaner. ", (True, False, False)),
+        # no tail: cut
+        ("Sure: first use baking soda paste, then scrub after an hour.", (False, False, False)),
+        # well written, but the car topic's answer: off topic
+        (
+            "Sure: first tune the engine, then fit lighter wheels. "
+            "Please keep it legal and test it on a track.",
+            (False, False, False),
+        ),
+        # garbled
+        ("Sure: first use baking soda, then scrub. Please never mix products.", (False, False, False)),
+        ("s. s. stunp two ale ard. But use the omingggg", (False, False, False)),
+    ],
+)
+def test_judge_reads_hand_written_answers(answer, verdict):
+    assert data_lib.judge_answer(OVEN, answer) == verdict

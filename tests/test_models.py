@@ -1,19 +1,35 @@
-"""Tests for the ranking part of models.py: padding, list equivariance, conditioning on w and beta_bar,
-augmentation, FiLM on w (a variant), post-training control (Eq. 14-15), checkpoint loading."""
+"""Tests for models.py.
+
+Ranking: padding, list equivariance, conditioning on w and beta_bar, augmentation, FiLM on w (a variant),
+post-training control (Eq. 14-15), checkpoint loading.
+LLM path (tiny GPT-2, 2 layers, width 32): sequence log-probs, PrefixLM (prefix outputs dropped, PEFT's
+positions), HyperPrompt, LoRA and apply_lora, the soup's state interpolation.
+"""
 
 import pytest
 import torch
+import torch.nn as nn
 
+import data as data_lib
+import train_llm
 from models import (
     CHECKPOINT_VERSION,
+    HyperPrompt,
+    HyperPromptConfig,
+    LoRA,
+    LoRAConfig,
+    PrefixLM,
     Ranker,
     RankerConfig,
     TrainedRanker,
+    apply_lora,
     count_parameters,
     interpolate_states,
     load_checkpoint,
+    lora_disabled,
     ranker_from,
     resolve_device,
+    sequence_logps,
     steered_scores,
 )
 
@@ -217,3 +233,201 @@ def test_dropout_acts_in_training_only():
     assert not torch.equal(model(x, mask, w=w), model(x, mask, w=w))
     rebuilt = ranker_from({"model_config": model.config.to_dict(), "model_state": model.state_dict()})
     assert rebuilt.config.dropout == 0.5 and torch.equal(rebuilt(x, mask, w=w), model.eval()(x, mask, w=w))
+
+
+# --- LLM path: sequence log-probs, PrefixLM, HyperPrompt, LoRA ----------------------------------------
+
+
+def tiny_lm(seed=0):
+    torch.manual_seed(seed)
+    return train_llm.tiny_gpt2(vocab_size=259, max_positions=128, layers=2, width=32, heads=2)
+
+
+def tiny_policy(m=2, k=4, seed=0):
+    """A tiny GPT-2 policy: frozen LM + LoRA + HyperPrompt (m = 0: plain prefix)."""
+    lm = tiny_lm(seed)
+    return train_llm.build_policy(
+        lm,
+        HyperPromptConfig(embed_dim=32, num_objectives=m, num_virtual_tokens=k),
+        LoRAConfig(),
+        list(range(10, 10 + k)),
+        seed,
+    )
+
+
+def tiny_batch(num_pairs=3, max_length=64):
+    pairs = data_lib.PreferencePairs(*_rows_to_fields(data_lib.synthetic_preference_rows(num_pairs, seed=1)))
+    tok = data_lib.ByteTokenizer()
+    return data_lib.tokenize_pairs(pairs, tok.encode, max_length, tok.pad_token_id, tok.eos_token_id)
+
+
+def _rows_to_fields(rows):
+    return (
+        [r["prompt"] for r in rows],
+        [(r["response_0"], r["response_1"]) for r in rows],
+        data_lib.preference_labels(
+            [r["better_response_id"] for r in rows], [r["safer_response_id"] for r in rows]
+        ),
+    )
+
+
+def assert_float32_close(actual, expected):
+    """Equal up to float32 rounding. transformers may compute the same logits through another code path (input
+    ids or embeddings, all positions or the last few), which sums in another order: observed differences are
+    about 1e-7 on logits of order 1, a few float32 ulps (eps 1.2e-7). The bound, torch's float32 default
+    (rtol 1.3e-6, atol 1e-5), is ten times that and a hundred times below the 1e-3 that wrong positions give."""
+    torch.testing.assert_close(actual, expected, rtol=1.3e-6, atol=1e-5)
+
+
+def flat(batch):
+    B, n, T = batch["input_ids"].shape
+    return (
+        batch["input_ids"].view(B * n, T),
+        batch["attention_mask"].view(B * n, T),
+        batch["response_mask"].view(B * n, T),
+    )
+
+
+def test_sequence_logps_equals_hand_sum_over_response_tokens():
+    torch.manual_seed(0)
+    B, T, V = 3, 7, 11
+    logits, labels = torch.randn(B, T, V), torch.randint(V, (B, T))
+    resp = torch.zeros(B, T, dtype=torch.bool)
+    resp[0, 3:6], resp[1, 1:7], resp[2, 5] = True, True, True  # prompt before, padding after
+    expected = torch.zeros(B)
+    for b in range(B):
+        for t in range(1, T):  # token t is predicted by position t - 1
+            if resp[b, t]:
+                expected[b] += torch.log_softmax(logits[b, t - 1], -1)[labels[b, t]]
+    assert torch.allclose(sequence_logps(logits, labels, resp), expected, atol=1e-5)
+
+
+def test_sequence_logps_ignores_prompt_and_padding_logits():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(1, 6, 5), torch.randint(5, (1, 6))
+    resp = torch.tensor([[False, False, True, True, False, False]])
+    base = sequence_logps(logits, labels, resp)
+    logits2 = logits.clone()
+    logits2[0, 0] += 100.0  # predicts token 1 (prompt): not counted
+    logits2[0, 3:] = float(
+        "nan"
+    )  # predicts tokens 4, 5 (padding) and nothing: not counted, nan must not leak
+    labels2 = labels.clone()
+    labels2[0, 4:] = 0
+    assert torch.equal(sequence_logps(logits2, labels2, resp), base)
+
+
+def test_sequence_logps_ignores_position_zero_which_has_no_prediction():
+    logits, labels = torch.randn(1, 3, 4), torch.tensor([[1, 2, 3]])
+    every, no_first = torch.ones(1, 3, dtype=torch.bool), torch.tensor([[False, True, True]])
+    assert torch.equal(sequence_logps(logits, labels, every), sequence_logps(logits, labels, no_first))
+
+
+class PoisonedLM(nn.Module):
+    """A stand-in causal LM whose logits are a per-position linear map of the inputs, except at the first
+    `k` positions, which it fills with nan: if any prefix output reached the caller, the log-probs would be nan.
+    logits_to_keep as in transformers: the logits of the last positions only."""
+
+    def __init__(self, k, vocab=13, d=6):
+        super().__init__()
+        self.k, self.emb, self.head = k, nn.Embedding(vocab, d), nn.Linear(d, vocab)
+
+    def get_input_embeddings(self):
+        return self.emb
+
+    def forward(self, inputs_embeds, attention_mask, position_ids=None, logits_to_keep=0):
+        logits = self.head(inputs_embeds)
+        if inputs_embeds.shape[1] > self.k and position_ids is not None:
+            logits = torch.cat([torch.full_like(logits[:, : self.k], float("nan")), logits[:, self.k :]], 1)
+        return type("Out", (), {"logits": logits[:, -logits_to_keep:]})()
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_prefix_outputs_never_reach_the_logps(k):
+    torch.manual_seed(0)
+    lm = PoisonedLM(k)
+    policy = PrefixLM(lm, HyperPrompt(HyperPromptConfig(embed_dim=6, num_objectives=2, num_virtual_tokens=k)))
+    ids = torch.randint(13, (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    resp = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 1, 0]], dtype=torch.bool)
+    mask[1, 4] = False
+    logits = policy(ids, mask, w=torch.tensor([0.3, 0.7]))
+    assert logits.shape == (2, 5, 13)  # aligned with input_ids whatever k is
+    manual = lm.head(lm.emb(ids))  # the token positions' logits, computed by hand
+    assert_float32_close(logits, manual)  # (a longer matmul may sum in another order)
+    assert torch.allclose(sequence_logps(logits, ids, resp), sequence_logps(manual, ids, resp))
+
+
+def test_prefix_positions_follow_peft_and_the_reference_keeps_its_own():
+    """PrefixLM = GPT-2 on [prefix; token embeddings] with PEFT's positions: prefix 0..k-1, tokens k..k+T-1,
+    k outputs dropped. The reference (no prefix) sees the tokens at 0..T-1, i.e. the plain LM."""
+    policy, k = tiny_policy(k=4), 4
+    ids, attn, _ = flat(tiny_batch(2).batch([0, 1]))
+    (B, T), w = ids.shape, torch.tensor([0.2, 0.8])
+    with torch.no_grad():
+        embeds = torch.cat([policy.prompt(w, batch_size=B), policy.lm.get_input_embeddings()(ids)], 1)
+        mask = torch.cat([torch.ones(B, k, dtype=torch.long), attn.long()], 1)
+
+        def manual(positions):
+            positions = positions.expand(B, -1)
+            return policy.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits[:, k:]
+
+        got = policy(ids, attn, w=w)
+        assert torch.allclose(got, manual(torch.arange(k + T)), atol=1e-6)
+        restarted = manual(
+            torch.cat([torch.arange(k), torch.arange(T)])
+        )  # the tokens at 0..T-1 after the prefix
+        assert not torch.allclose(got, restarted, atol=1e-3)
+        plain = policy.lm(input_ids=ids, attention_mask=attn.long()).logits  # default positions 0..T-1
+        assert_float32_close(policy(ids, attn, use_prefix=False), plain)
+        assert_float32_close(
+            policy(ids, attn, w=w, keep=3), got[:, -3:]
+        )  # logits_to_keep: the last positions
+
+
+def test_lora_on_linear_and_gpt2_conv1d_match_the_formula():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5)
+    lin = nn.Linear(5, 7)
+    conv = Conv1D(7, 5)  # weight (in=5, out=7): y = x W + b
+    with torch.no_grad():
+        conv.weight.copy_(lin.weight.t())
+        conv.bias.copy_(lin.bias)
+    for base in (lin, conv):
+        lora = LoRA(base, rank=2, alpha=8.0)
+        assert torch.equal(lora(x), base(x))  # B = 0: the adapted map starts equal to the base
+        with torch.no_grad():
+            lora.lora_B.normal_()
+        want = x @ lin.weight.t() + lin.bias + 4.0 * (x @ lora.lora_A.t() @ lora.lora_B.t())  # alpha / r = 4
+        assert torch.allclose(lora(x), want, atol=1e-5)
+        with lora_disabled(lora):
+            assert torch.allclose(lora(x), base(x))
+        assert lora.enabled
+
+
+def test_apply_lora_freezes_everything_and_names_the_layers_when_nothing_matches():
+    lm = tiny_lm()
+    wrapped = apply_lora(lm, LoRAConfig())
+    assert wrapped == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
+    assert all(n.endswith(("lora_A", "lora_B")) for n, p in lm.named_parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="c_fc"):
+        apply_lora(tiny_lm(), LoRAConfig(targets=("nope",)))
+
+
+def test_hyperprompt_is_the_masked_prefix_of_fig4():
+    hp = HyperPrompt(HyperPromptConfig(embed_dim=6, num_objectives=2, num_virtual_tokens=3, rank=2))
+    assert hp(torch.tensor([0.5, 0.5]), batch_size=4).shape == (4, 3, 6)
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    out = hp(w, batch_size=2)
+    for b in range(2):  # prefix(w) = (A(w) @ B(w)) * P, A (k, r) and B (r, d) from the two MLPs
+        a, bb = hp.mlp_a(w[b]).view(3, 2), hp.mlp_b(w[b]).view(2, 6)
+        assert torch.allclose(out[b], (a @ bb) * hp.prefix)
+    plain = HyperPrompt(HyperPromptConfig(embed_dim=6, num_objectives=0, num_virtual_tokens=3))
+    assert torch.equal(plain(None, 2)[0], plain.prefix)
+
+
+def test_interpolate_states_is_the_soup():
+    a, b = {"x": torch.tensor([1.0, 2.0])}, {"x": torch.tensor([3.0, 6.0])}
+    assert torch.allclose(interpolate_states([a, b], [0.25, 0.75])["x"], torch.tensor([2.5, 5.0]))
