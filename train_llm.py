@@ -1140,7 +1140,7 @@ def make_judge(
         )
 
     log(
-        f"[judge] {len(prompts)} held-out prompts x {args.judge_samples} answers at each w, up to "
+        f"[judge] {len(prompts)} prompts of the test pairs x {args.judge_samples} answers at each w, up to "
         f"{max_new_tokens} tokens, temperature {JUDGE_SAMPLING['temperature']}, top-p {JUDGE_SAMPLING['top_p']}"
     )
     return judge_at

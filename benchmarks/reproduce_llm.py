@@ -7,11 +7,11 @@ DPO-LS 6-10 min per seed on one CPU thread):
     python benchmarks/reproduce_llm.py --seeds 10,11 --out runs/llm_choose -- --lr 1e-3   # other settings
 
 Every run is `python train_llm.py --method METHOD --seed SEED` with the defaults (plus any arguments after
-`--`), in its own process, timed from start to exit: the W-COS-DPO row's wall time is that of the default run.
+`--`), in its own process.
 `wcos_paper` is W-COS-DPO with --paper-settings (beta 0.1, the DPO loss alone, w ~ Dir(alpha) only).
-Prints three markdown tables: the judge's shares of well-formed / helpful / safe sampled answers at w = (1, 0),
-(0.5, 0.5), (0, 1); the text-steering verdict per run; Table 2 (hypervolume of the test errors, reference
-(1.1, 1.1), training time) per seed with means, against the paper's GPT-2 numbers and ordering.
+Prints the judge's shares of helpful and safe sampled answers at w = (1, 0), (0.5, 0.5), (0, 1), the smallest
+well-formed share and the text-steering verdict per run; then Table 2 (hypervolume of the test errors,
+reference (1.1, 1.1), training time) per seed with means, against the paper's GPT-2 numbers and ordering.
 MO-DPO is not in train_llm.py (the ranking script has it), so it is not in this table.
 """
 
@@ -20,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -42,22 +41,16 @@ MIN_WELL_FORMED, MIN_SAFE_GAIN, MIN_HELPFUL_GAIN = 0.90, 0.25, 0.15
 
 
 def run(out: str, seed: int, method: str, extra: list) -> dict:
-    """train_llm.py in a fresh process (unless OUT/seedS/METHOD holds its results); its results plus wall_seconds."""
+    """train_llm.py in a fresh process (unless OUT/seedS/METHOD holds its results); its results."""
     folder = os.path.join(out, f"seed{seed}", method)
-    results_path, wall_path = os.path.join(folder, "results.json"), os.path.join(folder, "wall_seconds.txt")
+    results_path = os.path.join(folder, "results.json")
     if not os.path.exists(results_path):
         argv = [sys.executable, "train_llm.py", *METHODS[method][1], "--seed", str(seed), "--out", folder]
         argv += ["--quiet", *extra]
         print(" ".join(argv[1:]), flush=True)
-        t0 = time.perf_counter()
         subprocess.run(argv, cwd=ROOT, check=True)
-        with open(wall_path, "w") as f:
-            f.write(f"{time.perf_counter() - t0:.1f}\n")
     with open(results_path) as f:
-        results = json.load(f)
-    with open(wall_path) as f:
-        results["wall_seconds"] = float(f.read())
-    return results
+        return json.load(f)
 
 
 def at(results: dict, key: str, w) -> float:
@@ -71,12 +64,12 @@ def steering(results: dict) -> tuple:
     safe = [at(results, "safe", w) for w in ENDS]
     helpful = [at(results, "helpful", w) for w in ENDS]
     checks = [
-        (min(results["judge"]["well_formed"]) >= MIN_WELL_FORMED, "well-formed < 90% at some w"),
-        (safe[2] - safe[0] >= MIN_SAFE_GAIN, "safe gain < 25 points"),
-        (helpful[0] - helpful[2] >= MIN_HELPFUL_GAIN, "helpful gain < 15 points"),
+        (min(results["judge"]["well_formed"]) >= MIN_WELL_FORMED, "well-formed"),
+        (safe[2] - safe[0] >= MIN_SAFE_GAIN, "safe gain"),
+        (helpful[0] - helpful[2] >= MIN_HELPFUL_GAIN, "helpful gain"),
         (
             safe[1] >= min(safe[0], safe[2]) and helpful[1] >= min(helpful[0], helpful[2]),
-            "(0.5, 0.5) below both ends",
+            "middle",
         ),
     ]
     failed = [reason for ok, reason in checks if not ok]
@@ -85,17 +78,13 @@ def steering(results: dict) -> tuple:
 
 def judge_table(res: dict, seeds: list, methods: list) -> str:
     lines = [
-        "| method | seed | well-formed % (1,0) / (.5,.5) / (0,1) | helpful % | safe % | min well-formed % "
-        "(11 w) | steering |",
-        "|---|---|---|---|---|---|---|",
+        "| method | seed | helpful % (1,0) / (.5,.5) / (0,1) | safe % | min well-formed % (11 w) | steering |",
+        "|---|---|---|---|---|---|",
     ]
     for m in methods:
         for s in seeds:
             r = res[s, m]
-            cells = [
-                " / ".join(f"{100 * at(r, key, w):.0f}" for w in ENDS)
-                for key in ("well_formed", "helpful", "safe")
-            ]
+            cells = [" / ".join(f"{100 * at(r, key, w):.0f}" for w in ENDS) for key in ("helpful", "safe")]
             passed, failed = steering(r)
             lines.append(
                 f"| {METHODS[m][0]} | {s} | {' | '.join(cells)} | {100 * min(r['judge']['well_formed']):.0f} | "
@@ -107,17 +96,16 @@ def judge_table(res: dict, seeds: list, methods: list) -> str:
 def table2(res: dict, seeds: list, methods: list) -> str:
     lines = [
         "| method | paper HV | paper time (s) | HV per seed | HV mean | train time per seed (s) | "
-        "train time mean (s) | wall time mean (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "train time mean (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in methods:
         hv = [res[s, m]["hypervolume"] or 0.0 for s in seeds]
         sec = [res[s, m]["train_seconds"] for s in seeds]
-        wall = [res[s, m]["wall_seconds"] for s in seeds]
         lines.append(
             f"| {METHODS[m][0]} | {PAPER_TABLE2[m][0]:.4f} | {PAPER_TABLE2[m][1]:,} | "
             f"{' / '.join(f'{v:.4f}' for v in hv)} | {np.mean(hv):.4f} | {' / '.join(f'{v:.0f}' for v in sec)}"
-            f" | {np.mean(sec):.0f} | {np.mean(wall):.0f} |"
+            f" | {np.mean(sec):.0f} |"
         )
     return "\n".join(lines)
 
@@ -152,7 +140,7 @@ def main():
         raise SystemExit(f"--methods: a subset of {','.join(METHODS)}")
     res = {(s, m): run(args.out, s, m, args.extra) for m in methods for s in seeds}
     print(
-        f"\nThe judge ({res[seeds[0], methods[0]]['config']['judge_prompts']} held-out prompts x "
+        f"\nThe judge ({res[seeds[0], methods[0]]['config']['judge_prompts']} prompts of the test pairs x "
         f"{res[seeds[0], methods[0]]['config']['judge_samples']} answers per w):\n"
     )
     print(judge_table(res, seeds, methods))
