@@ -9,9 +9,8 @@ positions), HyperPrompt, LoRA and apply_lora, the soup's state interpolation.
 import pytest
 import torch
 import torch.nn as nn
+from tiny_llm import flat, tiny_batch, tiny_lm, tiny_policy
 
-import data as data_lib
-import train_llm
 from models import (
     CHECKPOINT_VERSION,
     HyperPrompt,
@@ -238,56 +237,6 @@ def test_dropout_acts_in_training_only():
 # --- LLM path: sequence log-probs, PrefixLM, HyperPrompt, LoRA ----------------------------------------
 
 
-def tiny_lm(seed=0):
-    torch.manual_seed(seed)
-    return train_llm.tiny_gpt2(vocab_size=259, max_positions=128, layers=2, width=32, heads=2)
-
-
-def tiny_policy(m=2, k=4, seed=0):
-    """A tiny GPT-2 policy: frozen LM + LoRA + HyperPrompt (m = 0: plain prefix)."""
-    lm = tiny_lm(seed)
-    return train_llm.build_policy(
-        lm,
-        HyperPromptConfig(embed_dim=32, num_objectives=m, num_virtual_tokens=k),
-        LoRAConfig(),
-        list(range(10, 10 + k)),
-        seed,
-    )
-
-
-def tiny_batch(num_pairs=3, max_length=64):
-    pairs = data_lib.PreferencePairs(*_rows_to_fields(data_lib.synthetic_preference_rows(num_pairs, seed=1)))
-    tok = data_lib.ByteTokenizer()
-    return data_lib.tokenize_pairs(pairs, tok.encode, max_length, tok.pad_token_id, tok.eos_token_id)
-
-
-def _rows_to_fields(rows):
-    return (
-        [r["prompt"] for r in rows],
-        [(r["response_0"], r["response_1"]) for r in rows],
-        data_lib.preference_labels(
-            [r["better_response_id"] for r in rows], [r["safer_response_id"] for r in rows]
-        ),
-    )
-
-
-def assert_float32_close(actual, expected):
-    """Equal up to float32 rounding. transformers may compute the same logits through another code path (input
-    ids or embeddings, all positions or the last few), which sums in another order: observed differences are
-    about 1e-7 on logits of order 1, a few float32 ulps (eps 1.2e-7). The bound, torch's float32 default
-    (rtol 1.3e-6, atol 1e-5), is ten times that and a hundred times below the 1e-3 that wrong positions give."""
-    torch.testing.assert_close(actual, expected, rtol=1.3e-6, atol=1e-5)
-
-
-def flat(batch):
-    B, n, T = batch["input_ids"].shape
-    return (
-        batch["input_ids"].view(B * n, T),
-        batch["attention_mask"].view(B * n, T),
-        batch["response_mask"].view(B * n, T),
-    )
-
-
 def test_sequence_logps_equals_hand_sum_over_response_tokens():
     torch.manual_seed(0)
     B, T, V = 3, 7, 11
@@ -321,6 +270,14 @@ def test_sequence_logps_ignores_position_zero_which_has_no_prediction():
     logits, labels = torch.randn(1, 3, 4), torch.tensor([[1, 2, 3]])
     every, no_first = torch.ones(1, 3, dtype=torch.bool), torch.tensor([[False, True, True]])
     assert torch.equal(sequence_logps(logits, labels, every), sequence_logps(logits, labels, no_first))
+
+
+def assert_float32_close(actual, expected):
+    """Equal up to float32 rounding. transformers may compute the same logits through another code path (input
+    ids or embeddings, all positions or the last few), which sums in another order: observed differences are
+    about 1e-7 on logits of order 1, a few float32 ulps (eps 1.2e-7). The bound, torch's float32 default
+    (rtol 1.3e-6, atol 1e-5), is ten times that and a hundred times below the 1e-3 that wrong positions give."""
+    torch.testing.assert_close(actual, expected, rtol=1.3e-6, atol=1e-5)
 
 
 class PoisonedLM(nn.Module):

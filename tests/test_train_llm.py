@@ -17,55 +17,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_llm import flat, rows_to_fields, tiny_batch, tiny_policy
 
 import data as data_lib
 import train_llm
 from losses import dpo_loss
-from models import HyperPromptConfig, LoRAConfig, load_checkpoint, lora_disabled, sequence_logps
+from models import load_checkpoint, lora_disabled, sequence_logps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_lm(seed=0):
-    torch.manual_seed(seed)
-    return train_llm.tiny_gpt2(vocab_size=259, max_positions=128, layers=2, width=32, heads=2)
-
-
-def tiny_policy(m=2, k=4, seed=0):
-    """A tiny GPT-2 policy: frozen LM + LoRA + HyperPrompt (m = 0: plain prefix)."""
-    lm = tiny_lm(seed)
-    return train_llm.build_policy(
-        lm,
-        HyperPromptConfig(embed_dim=32, num_objectives=m, num_virtual_tokens=k),
-        LoRAConfig(),
-        list(range(10, 10 + k)),
-        seed,
-    )
-
-
-def tiny_batch(num_pairs=3, max_length=64):
-    pairs = data_lib.PreferencePairs(*_rows_to_fields(data_lib.synthetic_preference_rows(num_pairs, seed=1)))
-    tok = data_lib.ByteTokenizer()
-    return data_lib.tokenize_pairs(pairs, tok.encode, max_length, tok.pad_token_id, tok.eos_token_id)
-
-
-def _rows_to_fields(rows):
-    return (
-        [r["prompt"] for r in rows],
-        [(r["response_0"], r["response_1"]) for r in rows],
-        data_lib.preference_labels(
-            [r["better_response_id"] for r in rows], [r["safer_response_id"] for r in rows]
-        ),
-    )
-
-
-def flat(batch):
-    B, n, T = batch["input_ids"].shape
-    return (
-        batch["input_ids"].view(B * n, T),
-        batch["attention_mask"].view(B * n, T),
-        batch["response_mask"].view(B * n, T),
-    )
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
@@ -182,7 +141,7 @@ def test_preferred_nll_is_each_objectives_chosen_response_per_token():
 
 
 def test_tiny_tokenizer_learns_on_the_training_texts_only():
-    pairs = data_lib.PreferencePairs(*_rows_to_fields(data_lib.synthetic_preference_rows(200, seed=0)))
+    pairs = data_lib.PreferencePairs(*rows_to_fields(data_lib.synthetic_preference_rows(200, seed=0)))
     tok = train_llm.tiny_tokenizer("bpe", pairs)
     assert (
         len(tok.encode(" Sure: first")) == 3
