@@ -64,6 +64,7 @@ HV_REF = (1.1, 1.1)  # Table 2
 JUDGE_KEYS = ("well_formed", "helpful", "safe")  # data.judge_answer's verdicts
 JUDGE_SAMPLING = dict(temperature=0.7, top_p=0.9)  # generate's defaults: the judge reads the text a user sees
 STREAMS = ("split", "base", "sft", "policy", "batches", "w", "judge")  # the run's independent random streams
+TINY_TOKENIZERS = (data_lib.ByteTokenizer, data_lib.BPETokenizer)  # ours; any other is a transformers one
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "synthetic_preferences_v1")
 # The tiny default departs from the paper in three settings (README decisions; measured in docs/RESULTS.md):
 # beta 0.5 and an NLL term keep the tiny GPT-2's sampled answers well-formed, which the paper's beta 0.1 and
@@ -447,15 +448,15 @@ def prompt_text(tokenizer, prompt: str, chat: bool) -> str:
 
 def decode(tokenizer, ids: list) -> str:
     """Text of token ids, special tokens (pad, eos, a chat model's markers) left out."""
-    if isinstance(tokenizer, (data_lib.ByteTokenizer, data_lib.BPETokenizer)):
+    if isinstance(tokenizer, TINY_TOKENIZERS):
         return tokenizer.decode(ids)
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def token_ids(tokenizer) -> tuple:
-    """(encode, pad_id, eos_id, bos_id) from our ByteTokenizer or a HF tokenizer. bos only when the tokenizer
-    itself adds one; pad falls back to eos (padding is masked out everywhere, its id never matters)."""
-    if isinstance(tokenizer, (data_lib.ByteTokenizer, data_lib.BPETokenizer)):  # the tiny model's
+    """(encode, pad_id, eos_id, bos_id) from the tiny model's tokenizer or a HF tokenizer. bos only when the
+    tokenizer itself adds one; pad falls back to eos (padding is masked out everywhere, its id never matters)."""
+    if isinstance(tokenizer, TINY_TOKENIZERS):
         return tokenizer.encode, tokenizer.pad_token_id, tokenizer.eos_token_id, None
 
     def encode(text):
